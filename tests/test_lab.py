@@ -193,3 +193,22 @@ def test_reload_zone_with_wrong_key_fails(lab, tmp_path):
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.startswith("reload_zone.py: ") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_make_config_deep_merges(lab, tmp_path):
+    from conftest import make_config
+    path = make_config(tmp_path, lab, {"settings": {"key_size": 4096, "ocsp_responder_urls": None},
+                                       "certificates": {"www.example.test": {}}})
+    assert path == tmp_path / "acmebot.json"
+    config = json.loads(path.read_text())
+    settings = config["settings"]
+    assert settings["key_size"] == 4096 and settings["ocsp_responder_urls"] is None
+    assert settings["acme_directory_url"] == lab.directory_url
+    assert settings["dns_port"] == lab.dns_port and settings["dns_resolvers"] == [f"127.0.0.1:{lab.dns_port}"]
+    assert config["directories"]["sct"] == str(tmp_path / "scts" / "{name}" / "{key_type}")
+    assert config["directories"]["previous_key"] is None
+    assert config["certificates"] == {"www.example.test": {}}
+    assert not (tmp_path / "certs").exists()
+    for zone in ("example.test", "example.net"):
+        key_file = config["zone_update_keys"][zone]["file"]
+        assert key_file.startswith(str(lab.keys_dir)) and key_file.endswith(".key")
