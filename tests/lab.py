@@ -28,7 +28,6 @@ import pwd
 import re
 import secrets
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -37,7 +36,6 @@ import threading
 import time
 from pathlib import Path
 
-import dns.exception
 import dns.message
 import dns.name
 import dns.query
