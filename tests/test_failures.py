@@ -1,0 +1,147 @@
+"""Integration tests: what acmebot does when the config, the CA, DNS or http-01 fail.
+
+Errors are one line each on stderr, naming the place; no traceback; exit codes
+2 (config), 3 (ACME), 4 (DNS/validation); a failing certificate leaves no files
+while the other certificates of the same run are still issued.
+"""
+
+import json
+
+import pytest
+
+from conftest import make_config, run_acmebot
+from lab import base_config
+from test_issue import (KEY_TYPES, assert_clean, assert_ok, challenge_dir_files, check_issued,
+                        default_paths, snapshot)
+
+
+def error_lines(result):
+    lines = result.stderr.splitlines()
+    assert lines and all(line.startswith("ERROR: ") for line in lines), result.stderr
+    return lines
+
+
+def files_of(tmp_path, cert_name, key_name=None):
+    """Every file on disk whose name carries the certificate's or key's name."""
+    names = {cert_name, key_name or cert_name}
+    return sorted(str(p) for p in tmp_path.rglob("*")
+                  if p.is_file() and any(n in p.name for n in names))
+
+
+# -- malformed configurations --------------------------------------------------------------
+
+def _config_with(tmp_path, lab, mutate):
+    config = base_config(tmp_path, lab)
+    config["certificates"] = {"cfg.example.test": {}}
+    mutate(config)
+    return config
+
+
+def _set(path, value):
+    def mutate(config):
+        node = config
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return mutate
+
+
+def _both_sections(config):
+    config["private_keys"] = {"cfg.example.test": {"certificates": {"other.example.test": {}}}}
+
+
+BAD_CONFIGS = {
+    "unknown_option": (_set(["settings", "key_sise"], 2048), ["settings.key_sise", "unknown option"]),
+    "wrong_type": (_set(["settings", "key_size"], "big"), ["settings.key_size", "'big'"]),
+    "name_in_both_sections": (_both_sections, ["certificates.cfg.example.test", "private_keys"]),
+    "unknown_file_user": (_set(["settings", "file_user"], "no-such-user-xyz"),
+                          ["settings.file_user", "no-such-user-xyz"]),
+    "common_name_not_in_alt_names": (
+        _set(["certificates", "cfg.example.test"], {"common_name": "cfg.example.test",
+                                                    "alt_names": {"example.test": ["other"]}}),
+        ["certificates.cfg.example.test.common_name", "cfg.example.test"]),
+    "unknown_directory_field": (_set(["directories", "certificate"], "/tmp/acmebot-certs/{nope}"),
+                                ["directories.certificate", "{nope}"]),
+    "unknown_zone_key_option": (_set(["zone_update_keys", "example.test", "sever"], "127.0.0.1"),
+                                ["zone_update_keys.example.test.sever", "unknown option"]),
+}
+
+
+def assert_config_error(tmp_path, result, expected_lines):
+    assert_clean(result)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == ""
+    lines = error_lines(result)
+    assert len(lines) == len(expected_lines), lines
+    for line, needles in zip(lines, expected_lines):
+        assert str(tmp_path / "acmebot.json") in line
+        for needle in needles:
+            assert needle in line, (needle, line)
+    # nothing was created: no directories, no log, no account
+    assert [p.name for p in tmp_path.iterdir()] == ["acmebot.json"]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_malformed_config(lab, tmp_path, case):
+    mutate, needles = BAD_CONFIGS[case]
+    (tmp_path / "acmebot.json").write_text(json.dumps(_config_with(tmp_path, lab, mutate), indent=2))
+    result = run_acmebot(tmp_path / "acmebot.json")
+    assert_config_error(tmp_path, result, [needles])
+
+
+def test_invalid_json(lab, tmp_path):
+    (tmp_path / "acmebot.json").write_text('{\n  "account": {"email": "a@example.test"},\n  "settings": {,}\n}\n')
+    result = run_acmebot(tmp_path / "acmebot.json")
+    assert_config_error(tmp_path, result, [["line 3", "not valid JSON"]])
+
+
+def test_several_config_problems_one_line_each(lab, tmp_path):
+    def mutate(config):
+        for step in (_set(["settings", "key_size"], "big"), _set(["settings", "colour_output"], True),
+                     _set(["directories", "chain"], "/tmp/{nope}/chain")):
+            step(config)
+    (tmp_path / "acmebot.json").write_text(json.dumps(_config_with(tmp_path, lab, mutate), indent=2))
+    result = run_acmebot(tmp_path / "acmebot.json")
+    assert_clean(result)
+    assert result.returncode == 2
+    lines = error_lines(result)
+    assert len(lines) == 3, lines
+    for place in ("settings.key_size", "settings.colour_output", "directories.chain"):
+        assert sum(place in line for line in lines) == 1, (place, lines)
+    assert [p.name for p in tmp_path.iterdir()] == ["acmebot.json"]
+
+
+# -- a failed reissue ----------------------------------------------------------------------
+
+def test_failed_reissue_keeps_installed_files(lab, tmp_path):
+    """A name added later whose http-01 file is not served: the reissue fails
+    with exit 4 and the installed key and certificate files stay as they were."""
+    lab.add_hosts("example.test", "keepold", "www.keepold")
+    name = "keepold.example.test"
+    unserved = tmp_path / "not-served"          # nginx serves lab.http_challenge_dir only
+    overrides = {"http_challenges": {"www.keepold.example.test": str(unserved)},
+                 "certificates": {name: {}}}
+    config = make_config(tmp_path, lab, overrides)
+    assert_ok(run_acmebot(config))
+    before = snapshot(tmp_path)
+
+    overrides["certificates"][name] = {"alt_names": {"example.test": ["keepold", "www.keepold"]}}
+    config = make_config(tmp_path, lab, overrides)
+    before["acmebot.json"] = snapshot(tmp_path)["acmebot.json"]
+    files_before = challenge_dir_files(lab)
+    result = run_acmebot(config)
+    assert_clean(result)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert result.stdout == ""
+    lines = error_lines(result)
+    assert len(lines) == 2, lines                      # one per key type
+    for line in lines:
+        assert name in line and "www.keepold.example.test" in line and "http-01" in line, line
+    after = snapshot(tmp_path)
+    after.pop("resource/authorizations.json", None)
+    before.pop("resource/authorizations.json", None)
+    assert after == before
+    assert not unserved.exists() or list(unserved.iterdir()) == []
+    assert challenge_dir_files(lab) == files_before
+    for key_type in KEY_TYPES:
+        check_issued(lab, default_paths(tmp_path, name, key_type), key_type, [name])
