@@ -10,8 +10,8 @@ import json
 import pytest
 
 from conftest import make_config, run_acmebot
-from lab import base_config
-from test_issue import (KEY_TYPES, assert_clean, assert_ok, challenge_dir_files, check_issued,
+from lab import base_config, free_port
+from test_issue import (KEY_TYPES, assert_clean, assert_no_challenge_records, assert_ok, challenge_dir_files, check_issued,
                         default_paths, snapshot)
 
 
@@ -145,3 +145,90 @@ def test_failed_reissue_keeps_installed_files(lab, tmp_path):
     assert challenge_dir_files(lab) == files_before
     for key_type in KEY_TYPES:
         check_issued(lab, default_paths(tmp_path, name, key_type), key_type, [name])
+
+
+# -- the CA cannot be reached --------------------------------------------------------------
+
+def test_ca_unreachable(lab, tmp_path):
+    lab.add_hosts("example.test", "noca")
+    url = f"https://127.0.0.1:{free_port()}/dir"    # nothing listens there
+    config = make_config(tmp_path, lab, {"settings": {"acme_directory_url": url},
+                                         "certificates": {"noca.example.test": {}}})
+    result = run_acmebot(config)
+    assert_clean(result)
+    assert result.returncode == 3, result.stdout + result.stderr
+    lines = error_lines(result)
+    assert len(lines) == 1 and url in lines[0], lines     # one line naming the CA
+    assert files_of(tmp_path, "noca.example.test") == []
+    assert not (tmp_path / "resource" / "client_key.pem").exists()
+
+
+# -- http-01 file not served ---------------------------------------------------------------
+
+def test_http01_not_served_fails_only_that_certificate(lab, tmp_path):
+    lab.add_hosts("example.test", "nohttp", "okhttp")
+    unserved = tmp_path / "not-served"          # nginx serves lab.http_challenge_dir only
+    config = make_config(tmp_path, lab, {
+        "http_challenges": {"nohttp.example.test": str(unserved),
+                            "okhttp.example.test": str(lab.http_challenge_dir)},
+        "certificates": {"nohttp.example.test": {}, "okhttp.example.test": {}},
+    })
+    files_before = challenge_dir_files(lab)
+    result = run_acmebot(config)
+    assert_clean(result)
+    assert result.returncode == 4, result.stdout + result.stderr
+    lines = error_lines(result)
+    assert all("nohttp.example.test" in line for line in lines), lines
+    assert any("http-01" in line for line in lines), lines
+    assert files_of(tmp_path, "nohttp.example.test") == []
+    assert not unserved.exists() or list(unserved.iterdir()) == []
+    assert challenge_dir_files(lab) == files_before
+    for key_type in KEY_TYPES:
+        check_issued(lab, default_paths(tmp_path, "okhttp.example.test", key_type), key_type,
+                     ["okhttp.example.test"])
+    assert "Issued certificate okhttp.example.test (rsa)" in result.stdout
+    assert "nohttp" not in result.stdout
+
+
+# -- TSIG key rejected by BIND -------------------------------------------------------------
+
+def test_tsig_key_rejected(lab, tmp_path):
+    lab.add_hosts("example.test", "badtsig")
+    lab.add_hosts("example.net", "goodtsig")
+    bad_key = lab.bad_key_file(tmp_path)
+    config = make_config(tmp_path, lab, {
+        "zone_update_keys": {"example.test": {"file": str(bad_key)}},
+        "certificates": {"badtsig.example.test": {}, "goodtsig.example.net": {}},
+    })
+    result = run_acmebot(config)
+    assert_clean(result)
+    assert result.returncode == 4, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ERROR: ")]
+    assert lines and all("badtsig.example.test" in line for line in lines), lines
+    assert any("example.test" in line and "update.example.test" in line for line in lines), lines
+    assert "goodtsig" not in result.stderr
+    assert files_of(tmp_path, "badtsig.example.test") == []
+    for key_type in KEY_TYPES:
+        check_issued(lab, default_paths(tmp_path, "goodtsig.example.net", key_type), key_type,
+                     ["goodtsig.example.net"])
+    assert_no_challenge_records(lab, ["badtsig.example.test", "goodtsig.example.net"])
+    secret = bad_key.read_text().split('secret "')[1].split('"')[0]
+    assert secret not in result.stdout + result.stderr
+    assert secret not in (tmp_path / "log" / "acmebot.log").read_text()
+
+
+def test_tsig_key_rejected_no_cleanup_of_records_never_added(lab, tmp_path):
+    """BIND refused the (atomic) UPDATE, so no record was added: acmebot should not
+    try to delete them again with the same key and warn that it "could not remove
+    the challenge records" (which sends the user looking for leftovers)."""
+    lab.add_hosts("example.test", "badtsig2")
+    config = make_config(tmp_path, lab, {
+        "zone_update_keys": {"example.test": {"file": str(lab.bad_key_file(tmp_path))}},
+        "certificates": {"badtsig2.example.test": {"key_types": ["ecdsa"]}},
+    })
+    result = run_acmebot(config)
+    assert_clean(result)
+    assert "could not remove" not in result.stderr, result.stderr
+    assert result.returncode == 4, result.stdout + result.stderr
+    lines = error_lines(result)
+    assert len(lines) == 1 and "update.example.test" in lines[0], lines

@@ -5,7 +5,6 @@ import datetime
 import grp
 import importlib.machinery
 import importlib.util
-import json
 import os
 import pwd
 import subprocess
