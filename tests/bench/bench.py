@@ -624,6 +624,18 @@ def print_slopes(rows, variants):
             print(f"  {tool:9} {variant}: a = {a:.2f} s, b = {b:.3f} s/cert   [{fitted}]")
 
 
+def acmebot_version():
+    """The acmebot file under test: its sha256, the commit, and whether it differs from it."""
+    import hashlib
+    digest = hashlib.sha256(ACMEBOT.read_bytes()).hexdigest()[:12]
+    commit = subprocess.run(["git", "-C", str(ACMEBOT.parent), "log", "-1", "--format=%h", "--", ACMEBOT.name],
+                            capture_output=True, text=True).stdout.strip() or "?"
+    dirty = subprocess.run(["git", "-C", str(ACMEBOT.parent), "diff", "--quiet", "HEAD", "--", ACMEBOT.name],
+                           capture_output=True).returncode
+    state = {0: "as committed", 1: "with uncommitted changes"}.get(dirty, "git status unknown")
+    return f"{ACMEBOT} sha256 {digest}, last commit {commit}, {state}"
+
+
 def parse_list(text, cast=str):
     return [cast(part) for part in text.split(",") if part.strip()]
 
@@ -676,6 +688,8 @@ def main(argv=None):
         print(f"bench: cannot isolate the benchmark on loopback: {error}", file=sys.stderr)
         return 3
 
+    version_at_start = acmebot_version()
+    log(f"acmebot under test: {version_at_start}")
     root = Path(tempfile.mkdtemp(prefix="acmebot-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")))
     root.chmod(0o755)
     log(f"state under {root}")
@@ -696,6 +710,10 @@ def main(argv=None):
         print(f"bench: the lab could not be started: {error}", file=sys.stderr)
         return 3
     report(args, rows, bench, extra, time.monotonic() - started)
+    version_at_end = acmebot_version()
+    print(f"acmebot under test: {version_at_start}")
+    if version_at_end != version_at_start:
+        print(f"WARNING: {ACMEBOT} changed during the run (now {version_at_end}): the figures mix versions")
     if args.out:
         Path(args.out).write_text(json.dumps({"rows": rows, "runs": bench.results}, indent=1) + "\n")
     if not args.keep:
