@@ -25,6 +25,7 @@ Variants: A = one P-256 key per certificate; B = RSA-2048 + P-256 per certificat
 """
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -47,9 +48,6 @@ from conftest import _isolate_network  # noqa: E402
 from lab import (ACMEBOT, REQUIRED_BINARIES, Lab, LabError, Server, parse_key_text,  # noqa: E402
                  tsig_key_text)
 
-import dns.message  # noqa: E402
-import dns.query  # noqa: E402
-import dns.rcode  # noqa: E402
 
 ZONE = "bench.test"
 KEY_NAME = "update.bench.test"
@@ -88,7 +86,7 @@ class BenchLab(Lab):
         self.keys[KEY_NAME] = key
         self.tsig_secret = key.secret
         path = self.keys_dir / f"{KEY_NAME}.key"
-        path.write_text(tsig_key_text(KEY_NAME, __import__("base64").b64encode(key.secret).decode()))
+        path.write_text(tsig_key_text(KEY_NAME, base64.b64encode(key.secret).decode()))
         path.chmod(0o600)
         self.zone_key_files[ZONE] = path
         self.dns_port = DNS_PORT
@@ -393,7 +391,7 @@ class Certbot(Tool):
 
     def prepare(self, work, n):
         work = Path(work)
-        secret = __import__("base64").b64encode(self.lab.tsig_secret).decode()
+        secret = base64.b64encode(self.lab.tsig_secret).decode()
         ini = work / "rfc2136.ini"
         ini.write_text(f"dns_rfc2136_server = 127.0.0.1\n"
                        f"dns_rfc2136_port = {DNS_PORT}\n"
