@@ -164,10 +164,11 @@ def check_issued(lab, paths, key_type, names, *, passphrase=None, root=False, pa
 
 
 def snapshot(tmp_path):
-    """{relative path: (mtime_ns, mode, bytes)} of every file but the log."""
+    """{relative path: (mtime_ns, mode, bytes)} of every file but the log and
+    the run lock (directories.pid/acmebot.pid, which every run locks)."""
     out = {}
     for path in Path(tmp_path).rglob("*"):
-        if path.is_file() and "log" not in path.relative_to(tmp_path).parts[:1]:
+        if path.is_file() and path.relative_to(tmp_path).parts[0] not in ("log", "run"):
             st = path.stat()
             out[str(path.relative_to(tmp_path))] = (st.st_mtime_ns, st.st_mode, path.read_bytes())
     return out
