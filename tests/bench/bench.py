@@ -57,6 +57,9 @@ VARIANTS = {"A": "P-256", "B": "RSA-2048 + P-256"}
 DEFAULT_CACHE = os.environ.get("ACMEBOT_BENCH_CACHE") or os.path.expanduser("~/.cache/acmebot-bench")
 RUN_TIMEOUT = 3600
 GNU_TIME = "/usr/bin/time"   # Debian package `time`
+# The acmebot that is measured: a copy taken when the benchmark starts (the repository's file
+# may be edited while a long run goes on), set by snapshot_acmebot().
+UNDER_TEST = {"path": ACMEBOT, "description": str(ACMEBOT)}
 
 
 def log(message):
@@ -289,7 +292,7 @@ class Acmebot(Tool):
         return path
 
     def argv(self, work, *extra):
-        return [sys.executable, str(ACMEBOT), "--config", str(Path(work) / "acmebot.json"),
+        return [sys.executable, str(UNDER_TEST["path"]), "--config", str(Path(work) / "acmebot.json"),
                 "--accept-terms", *extra]
 
     def issue(self, work, n, extra=(), line_times=None, label="issue"):
@@ -622,16 +625,33 @@ def print_slopes(rows, variants):
             print(f"  {tool:9} {variant}: a = {a:.2f} s, b = {b:.3f} s/cert   [{fitted}]")
 
 
-def acmebot_version():
-    """The acmebot file under test: its sha256, the commit, and whether it differs from it."""
+def snapshot_acmebot(rev, directory):
+    """Copy the acmebot to measure into directory: the work tree's file, or `git show REV:acmebot`."""
     import hashlib
-    digest = hashlib.sha256(ACMEBOT.read_bytes()).hexdigest()[:12]
-    commit = subprocess.run(["git", "-C", str(ACMEBOT.parent), "log", "-1", "--format=%h", "--", ACMEBOT.name],
-                            capture_output=True, text=True).stdout.strip() or "?"
-    dirty = subprocess.run(["git", "-C", str(ACMEBOT.parent), "diff", "--quiet", "HEAD", "--", ACMEBOT.name],
-                           capture_output=True).returncode
-    state = {0: "as committed", 1: "with uncommitted changes"}.get(dirty, "git status unknown")
-    return f"{ACMEBOT} sha256 {digest}, last commit {commit}, {state}"
+    repo = str(ACMEBOT.parent)
+    if rev:
+        done = subprocess.run(["git", "-C", repo, "show", f"{rev}:{ACMEBOT.name}"], capture_output=True)
+        if done.returncode != 0:
+            raise SystemExit(f"bench: git show {rev}:{ACMEBOT.name}: {done.stderr.decode().strip()}")
+        data = done.stdout
+        commit = subprocess.run(["git", "-C", repo, "rev-parse", "--short", rev],
+                                capture_output=True, text=True).stdout.strip()
+        origin = f"git {rev} ({commit})"
+    else:
+        data = ACMEBOT.read_bytes()
+        commit = subprocess.run(["git", "-C", repo, "log", "-1", "--format=%h", "--", ACMEBOT.name],
+                                capture_output=True, text=True).stdout.strip() or "?"
+        dirty = subprocess.run(["git", "-C", repo, "diff", "--quiet", "HEAD", "--", ACMEBOT.name],
+                               capture_output=True).returncode
+        state = {0: "as committed", 1: "with uncommitted changes"}.get(dirty, "git status unknown")
+        origin = f"work tree, last commit {commit}, {state}"
+    path = Path(directory) / "acmebot"
+    path.write_bytes(data)
+    path.chmod(0o755)
+    version = re.search(rb'^VERSION = "([^"]+)"', data, re.M)
+    UNDER_TEST["path"] = path
+    UNDER_TEST["description"] = (f"acmebot {version.group(1).decode() if version else '?'} from {origin}, "
+                                 f"sha256 {hashlib.sha256(data).hexdigest()[:12]}")
 
 
 def parse_list(text, cast=str):
@@ -658,6 +678,9 @@ def main(argv=None):
     parser.add_argument("--no-breakdown", action="store_true",
                         help="skip the timestamped --detail run that shows where acmebot's time goes")
     parser.add_argument("--cache", default=DEFAULT_CACHE, help=f"virtualenvs of the competitors ({DEFAULT_CACHE})")
+    parser.add_argument("--acmebot-rev", metavar="REV",
+                        help="measure `git show REV:acmebot` instead of the work tree's acmebot "
+                             "(either way a copy taken at the start is run)")
     parser.add_argument("--keep", action="store_true", help="keep every run's directory")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -686,10 +709,10 @@ def main(argv=None):
         print(f"bench: cannot isolate the benchmark on loopback: {error}", file=sys.stderr)
         return 3
 
-    version_at_start = acmebot_version()
-    log(f"acmebot under test: {version_at_start}")
     root = Path(tempfile.mkdtemp(prefix="acmebot-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")))
     root.chmod(0o755)
+    snapshot_acmebot(args.acmebot_rev, root)
+    log(f"measuring {UNDER_TEST['description']}")
     log(f"state under {root}")
     max_hosts = max(list(args.n) + [args.big_noop])
     started = time.monotonic()
@@ -708,10 +731,9 @@ def main(argv=None):
         print(f"bench: the lab could not be started: {error}", file=sys.stderr)
         return 3
     report(args, rows, bench, extra, time.monotonic() - started)
-    version_at_end = acmebot_version()
-    print(f"acmebot under test: {version_at_start}")
-    if version_at_end != version_at_start:
-        print(f"WARNING: {ACMEBOT} changed during the run (now {version_at_end}): the figures mix versions")
+    print(f"measured: {UNDER_TEST['description']}")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          f"(other work on this {os.cpu_count()}-core machine during the run skews every tool's figures)")
     if args.out:
         Path(args.out).write_text(json.dumps({"rows": rows, "runs": bench.results}, indent=1) + "\n")
     if not args.keep:
