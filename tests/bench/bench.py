@@ -634,9 +634,9 @@ def snapshot_acmebot(rev, directory):
         if done.returncode != 0:
             raise SystemExit(f"bench: git show {rev}:{ACMEBOT.name}: {done.stderr.decode().strip()}")
         data = done.stdout
-        commit = subprocess.run(["git", "-C", repo, "rev-parse", "--short", rev],
+        commit = subprocess.run(["git", "-C", repo, "log", "-1", "--format=%h", rev, "--", ACMEBOT.name],
                                 capture_output=True, text=True).stdout.strip()
-        origin = f"git {rev} ({commit})"
+        origin = f"git {rev} (last changed in {commit})"
     else:
         data = ACMEBOT.read_bytes()
         commit = subprocess.run(["git", "-C", repo, "log", "-1", "--format=%h", "--", ACMEBOT.name],
