@@ -141,7 +141,9 @@ def parse_key_file(path):
 
 def parse_key_text(text, where="key text"):
     """parse_key_file for text in memory."""
-    text = re.sub(r"(#|//)[^\n]*", "", text)
+    # comments outside quoted strings only: a base64 secret may contain "//"
+    text = re.sub(r'("(?:[^"\\]|\\.)*")|/\*.*?\*/|//[^\n]*|#[^\n]*',
+                  lambda m: m.group(1) or "", text, flags=re.S)
     keys = {}
     for match in re.finditer(r'key\s+"?([^"\s{]+)"?\s*\{(.*?)\}\s*;', text, re.S):
         name, body = match.group(1), match.group(2)

@@ -329,6 +329,13 @@ def test_tsig_keygen_form(tmp_path):
     assert ab.REDACTOR.redact(f"x {SECRET} y") == "x ******** y"
 
 
+def test_tsig_secret_with_slashes_is_not_taken_for_a_comment(tmp_path):
+    secret = "ab//cd+/ef" + "A" * 34 + "=="
+    path = tmp_path / "update.key"
+    path.write_text(f'/* made by hand */ key "u" {{ algorithm hmac-sha256; # trailing\n secret "{secret}"; }}; // end\n')
+    assert ab.load_tsig_key(str(path), "z").secret == secret
+
+
 def test_dnssec_keygen_pair(tmp_path):
     (tmp_path / "Kupdate.example.com.+165+01234.key").write_text(
         f"update.example.com. IN KEY 512 3 165 {SECRET}\n")
