@@ -588,7 +588,49 @@ class Lab:
         wait_for("nginx reload", reloaded, timeout, process=self.nginx.process, log=error_log)
 
     # -- pebble
-    def start_pebble(self, name, extra_config=None, extra_env=None):
+    def start_resolver(self):
+        """A recursive BIND on loopback forwarding the lab's zones to the
+        authoritative one: unlike the authoritative server it follows CNAMEs
+        into other zones, as the validation resolver of a real CA does.
+        Returns its "127.0.0.1:port" (started once)."""
+        if getattr(self, "resolver", None):
+            return self.resolver
+        directory = self.root / "resolver"
+        directory.mkdir(mode=0o755)
+        port = free_port()
+        forwards = "".join(
+            f'zone "{zone}" {{ type forward; forward only; forwarders {{ 127.0.0.1 port {self.dns_port}; }}; }};\n'
+            for zone in ZONES)
+        conf = directory / "named.conf"
+        conf.write_text(
+            f"options {{\n"
+            f'    directory "{directory}";\n'
+            f'    pid-file "{directory}/named.pid";\n'
+            f'    session-keyfile "{directory}/session.key";\n'
+            f'    managed-keys-directory "{directory}";\n'
+            f"    listen-on port {port} {{ 127.0.0.1; }};\n"
+            f"    listen-on-v6 {{ none; }};\n"
+            f"    recursion yes;\n"
+            f"    allow-recursion {{ 127.0.0.1; }};\n"
+            f"    dnssec-validation no;\n"
+            f"    max-cache-ttl 0;\n"
+            f"    max-ncache-ttl 0;\n"
+            f"}};\n"
+            f"controls {{ }};\n" + forwards)
+        server = Server("resolver", ["named", "-g", "-c", conf], directory / "named.log", cwd=directory)
+        self._servers.append(server)
+
+        def ready():
+            request = dns.message.make_query("example.test", "SOA")
+            try:
+                return bool(dns.query.udp(request, "127.0.0.1", port=port, timeout=0.5).answer)
+            except Exception:  # noqa: BLE001 - not up yet
+                return False
+        server.wait_ready(ready)
+        self.resolver = f"127.0.0.1:{port}"
+        return self.resolver
+
+    def start_pebble(self, name, extra_config=None, extra_env=None, dns_server=None):
         """Start a pebble instance named `name` on fresh ports.
 
         extra_config is merged into the {"pebble": {...}} object (e.g.
@@ -615,7 +657,7 @@ class Lab:
         env.update({"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
                     "PEBBLE_AUTHZREUSE": "100"})
         env.update({key: str(value) for key, value in (extra_env or {}).items()})
-        pebble = Pebble(name, directory, config, env, self.pebble_ca_bundle, self.dns_server)
+        pebble = Pebble(name, directory, config, env, self.pebble_ca_bundle, dns_server or self.dns_server)
         self._servers.append(pebble)
         self.pebbles[name] = pebble
         return pebble

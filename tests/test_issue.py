@@ -102,7 +102,7 @@ def check_params(data, curve="secp384r1"):
     assert f"ASN1 OID: {curve}" in shown, shown
 
 
-def check_issued(lab, paths, key_type, names, *, passphrase=None, root=False, params=True):
+def check_issued(lab, paths, key_type, names, *, passphrase=None, root=False, params=True, pebble=None):
     """Everything about one certificate and key type: returns (leaf, primary key)."""
     for kind in ("key", "backup", "full_key"):
         assert_mode_owner(paths[kind], 0o640)
@@ -136,7 +136,7 @@ def check_issued(lab, paths, key_type, names, *, passphrase=None, root=False, pa
     assert sorted(san.get_values_for_type(x509.DNSName)) == sorted(names)
     assert [a.value for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)] == [names[0]]
     assert isinstance(leaf.public_key(), rsa.RSAPublicKey if key_type == "rsa" else ec.EllipticCurvePublicKey)
-    root_pem = lab.pebble_root_pem()
+    root_pem = pebble.root_pem() if pebble else lab.pebble_root_pem()
     verify_chain(certs, root_pem)
 
     chain = b"".join(blocks[1:])
