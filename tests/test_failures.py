@@ -138,6 +138,9 @@ def test_failed_reissue_keeps_installed_files(lab, tmp_path):
     for line in lines:
         assert name in line and "www.keepold.example.test" in line and "http-01" in line, line
     after = snapshot(tmp_path)
+    # the run records its result for --status; every installed file is untouched
+    assert json.loads(after.pop("resource/status.json")[2])["certificates"][f"{name}/rsa"]["result"] == "failed"
+    before.pop("resource/status.json", None)
     after.pop("resource/authorizations.json", None)
     before.pop("resource/authorizations.json", None)
     assert after == before
