@@ -155,10 +155,10 @@ def test_tlsa_remote_records_match_files_and_drift_is_repaired(lab, tmp_path):
 
     # drift: one set deleted, one record altered, one foreign record added
     message = lab.update("example.test")
-    message.delete(f"_25._tcp.tlsar")
-    message.delete(f"_587._tcp.tlsar")
-    message.add(f"_587._tcp.tlsar", 600, "TLSA", "3 0 1 " + "ab" * 32)
-    message.add(f"_443._tcp.tlsar", 300, "TLSA", "1 1 1 " + "cd" * 32)
+    message.delete("_25._tcp.tlsar")
+    message.delete("_587._tcp.tlsar")
+    message.add("_587._tcp.tlsar", 600, "TLSA", "3 0 1 " + "ab" * 32)
+    message.add("_443._tcp.tlsar", 300, "TLSA", "1 1 1 " + "cd" * 32)
     lab.send_update(message)
     assert served(lab, o25) == set()
     repaired = run_acmebot(config, "--tlsa")
