@@ -457,8 +457,14 @@ def _pebble_status(pebble):
     return lookup
 
 
+_OCSP_PEBBLES = {}      # one per lab, however many test modules import the fixture
+
+
 @pytest.fixture(scope="session")
 def ocsp_pebble(lab):
+    if id(lab) in _OCSP_PEBBLES:
+        yield _OCSP_PEBBLES[id(lab)]
+        return
     responder = OCSPResponder()
     try:
         pebble = lab.start_pebble("ocsp", extra_config={"ocspResponderURL": responder.url})
@@ -466,8 +472,10 @@ def ocsp_pebble(lab):
         issuer_key = serialization.load_pem_private_key(pebble.intermediate_key_pem().encode(), None)
         responder.status_lookup = _pebble_status(pebble)
         responder.set_issuer(issuer, issuer_key)
-        yield OCSPPebble(responder, pebble)
+        _OCSP_PEBBLES[id(lab)] = OCSPPebble(responder, pebble)
+        yield _OCSP_PEBBLES[id(lab)]
     finally:
+        _OCSP_PEBBLES.pop(id(lab), None)
         responder.stop()
 
 

@@ -785,3 +785,14 @@ def test_ocsp_own_delegate_with_ocsp_signing_usage_is_accepted(lab, tmp_path, oc
     assert_ok(result)
     check_ocsp_file(ocsp_file(tmp_path, name, "ecdsa"), chain_of(tmp_path, name, "ecdsa"),
                     signer=ocsp_pebble.responder.delegated_cert)
+
+
+@pytest.mark.parametrize("valid", [(-10, -1), (1, 30)], ids=["expired", "not-yet-valid"])
+def test_ocsp_delegated_responder_outside_its_validity_is_rejected(lab, tmp_path, ocsp_pebble, monkeypatch, valid):
+    """RFC 6960 4.2.2.2 / RFC 5280: a delegated responder's certificate is only a
+    delegation while it is valid: a response signed by an expired (or not yet
+    valid) delegate is not stored."""
+    result, name = run_with_delegate(lab, tmp_path, ocsp_pebble, monkeypatch, "ocspdlgtime", valid=valid)
+    warnings = assert_warned_ok(result)
+    assert not ocsp_file(tmp_path, name, "ecdsa").exists(), result.stdout
+    assert len(warnings) == 1 and ocsp_pebble.url in warnings[0], warnings
