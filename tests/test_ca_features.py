@@ -576,3 +576,29 @@ def test_expiry_notice_when_the_ca_cannot_be_reached(lab, short_pebble, tmp_path
     assert result.returncode == 3, result.stdout + result.stderr
     assert f"CERTIFICATE {name} (ecdsa)" in result.stderr and "AND COULD NOT BE RENEWED" in result.stderr
     assert "cannot reach the CA" in result.stderr
+
+
+def test_deactivate_account_without_an_account_registers_nothing(lab, tmp_path):
+    """--deactivate-account --yes with no account on disk must not register an
+    account at the CA just to deactivate it."""
+    config = ecdsa_config(tmp_path, lab, {"nodeact.example.test": {}})
+    result = run_acmebot(config, "--deactivate-account", "--yes", input="")
+    assert_clean(result)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "registered ACME account" not in result.stdout
+    assert account_files(tmp_path) == {}
+    assert not (tmp_path / "archive").exists()
+
+
+def test_account_key_rollovers_in_the_same_second_keep_every_old_key(lab, tmp_path):
+    """Each old account key goes to archive/account/<stamp>/: two key changes
+    within one second must not overwrite the first archived key."""
+    lab.add_hosts("example.test", "akrfast")
+    config = ecdsa_config(tmp_path, lab, {"akrfast.example.test": {}})
+    assert_ok(run_acmebot(config))
+    old_keys = []
+    for _ in range(3):
+        old_keys.append((tmp_path / "resource" / "client_key.pem").read_bytes())
+        assert_ok(run_acmebot(config, "--account-key-rollover"))
+    archived = [p.read_bytes() for p in (tmp_path / "archive" / "account").rglob("client_key.pem")]
+    assert sorted(archived) == sorted(old_keys)
