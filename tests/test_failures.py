@@ -235,3 +235,18 @@ def test_tsig_key_rejected_no_cleanup_of_records_never_added(lab, tmp_path):
     assert result.returncode == 4, result.stdout + result.stderr
     lines = error_lines(result)
     assert len(lines) == 1 and "update.example.test" in lines[0], lines
+
+
+def test_zone_without_name_servers_is_not_answered(lab, tmp_path):
+    """No name server answers for the zone: the challenge is not answered (the
+    CA would only fail it) and the error names the lookup that failed."""
+    name = "host.nozone.test"
+    config = make_config(tmp_path, lab, {
+        "settings": {"key_size": 0, "reload_zone_command": "true"},   # "publishes" nothing
+        "certificates": {name: {"alt_names": {"nozone.test": ["host"]}}}})
+    result = run_acmebot(config)
+    assert_clean(result)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "DNS lookup of _acme-challenge.host.nozone.test" in result.stderr and "REFUSED" in result.stderr
+    assert "validation failed" not in result.stderr
+    assert files_of(tmp_path, name) == []

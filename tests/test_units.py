@@ -104,6 +104,11 @@ def test_parse_hostport(text, pair):
 
 # -- configuration -------------------------------------------------------------
 
+def test_every_setting_has_a_checker():
+    import dataclasses
+    assert set(ab.SETTING_CHECKS) == {f.name for f in dataclasses.fields(ab.Settings)}
+
+
 def test_minimal_config_matches_the_spec_defaults():
     cfg = parse(config(certificates={"example.com": {"alt_names": {"example.com": ["@", "www"]}}}))
     (key,) = cfg.keys
