@@ -25,6 +25,7 @@ Variants: A = one P-256 key per certificate; B = RSA-2048 + P-256 per certificat
 """
 
 import argparse
+import contextlib
 import base64
 import json
 import os
@@ -154,11 +155,11 @@ def run_measured(argv, env, cwd, output_path, line_times=None, timeout=RUN_TIMEO
     if line_times is None:
         with open(output_path, "wb") as out:
             process = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                                       stdout=out, stderr=subprocess.STDOUT)
+                                       stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             reader = None
     else:
         process = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
         def read():
             with open(output_path, "wb") as out:
@@ -167,7 +168,10 @@ def run_measured(argv, env, cwd, output_path, line_times=None, timeout=RUN_TIMEO
                     out.write(raw)
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-    timer = threading.Timer(timeout, lambda: process.poll() is None and os.kill(process.pid, signal.SIGKILL))
+    def kill():  # the whole process group: time, the tool and its children
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    timer = threading.Timer(timeout, kill)
     timer.start()
     try:
         _, status, _ = os.wait4(process.pid, 0)
@@ -198,10 +202,12 @@ def names(i):
 class Tool:
     name = "?"
 
-    def __init__(self, lab, cache, variant):
+    def __init__(self, lab, cache, variant, pebble=None, timeout=RUN_TIMEOUT):
         self.lab = lab
         self.cache = Path(cache)
         self.variant = variant
+        self.pebble = pebble or lab.pebble
+        self.timeout = timeout      # seconds per process: a hung CA must not stall the run for long
 
     def prepare(self, work, n):
         """Write the configuration for a clean state with n certificates in `work`."""
@@ -218,7 +224,7 @@ class Tool:
         raise NotImplementedError
 
     def _run(self, argv, env, cwd, label, work, line_times=None):
-        result = run_measured(argv, env, cwd, Path(work) / f"{label}.out", line_times)
+        result = run_measured(argv, env, cwd, Path(work) / f"{label}.out", line_times, self.timeout)
         if result.returncode != 0:
             tail = "\n".join(result.output.splitlines()[-30:])
             raise ToolFailed(f"{self.name} {label} exited with status {result.returncode}: "
@@ -254,7 +260,7 @@ class Acmebot(Tool):
         return {
             "account": {"email": f"admin@{ZONE}"},
             "settings": {
-                "acme_directory_url": self.lab.directory_url,
+                "acme_directory_url": self.pebble.directory_url,
                 "acme_ca_bundle": self.lab.pebble_ca_bundle,
                 "dns_resolvers": [f"127.0.0.1:{DNS_PORT}"],
                 "dns_port": DNS_PORT,
@@ -320,7 +326,7 @@ class Original(Acmebot):
         return {
             "account": {"email": f"admin@{ZONE}"},
             "settings": {
-                "acme_directory_url": self.lab.directory_url,
+                "acme_directory_url": self.pebble.directory_url,
                 "acme_directory_verify_ssl": self.lab.pebble_ca_bundle,
                 "key_types": self.key_types(),
                 "key_size": 2048,
@@ -412,7 +418,7 @@ class Certbot(Tool):
         total, peak = 0.0, 0
         for cert_name, key_args, i in self.lineages(n):
             argv = [certbot, "certonly", "--non-interactive", "--agree-tos", "-m", f"admin@{ZONE}",
-                    "--server", self.lab.directory_url, *self.dirs(work),
+                    "--server", self.pebble.directory_url, *self.dirs(work),
                     "--dns-rfc2136", "--dns-rfc2136-credentials", str(work / "rfc2136.ini"),
                     "--dns-rfc2136-propagation-seconds", "0",
                     "--cert-name", cert_name, "-d", names(i)[0], "-d", names(i)[1], *key_args]
@@ -466,7 +472,7 @@ class Bench:
         return self.args.repeats
 
     def one(self, tool_name, variant, n, repeat):
-        tool = TOOL_CLASSES[tool_name](self.lab, self.args.cache, variant)
+        tool = TOOL_CLASSES[tool_name](self.lab, self.args.cache, variant, timeout=300 + 6 * n)
         work = self.workdir(tool_name, variant, n, repeat)
         record = {"tool": tool_name, "variant": variant, "n": n, "repeat": repeat, "dir": str(work)}
         try:
@@ -493,10 +499,10 @@ class Bench:
         self.save()
         return record
 
-    def ca_requests(self):
+    def ca_requests(self, pebble=None):
         """HTTP requests pebble has logged so far (it logs one line per request)."""
         try:
-            text = self.lab.pebble.server.log_path.read_text(errors="replace")
+            text = (pebble or self.lab.pebble).server.log_path.read_text(errors="replace")
         except OSError:
             return 0
         return len(re.findall(r" (?:GET|POST|HEAD) \S* -> calling handler", text))
@@ -531,18 +537,23 @@ class Bench:
             result = tool.issue(work, n, extra=("--detail",), line_times=lines, label="detail")
         finally:
             os.environ.pop("PYTHONUNBUFFERED", None)
+            (work / "detail.times").write_text("".join(f"{t:.4f}\t{line}\n" for t, line in lines))
         return result, lines, work, env_note
 
     # -- the big no-op
     def big_noop(self, n):
-        tool = Acmebot(self.lab, self.args.cache, "A")
+        # Its own pebble, without authorization reuse: pebble 2.4.0 deadlocked here (every
+        # handler waiting on its MemoryStore lock, one newOrder in FindValidAuthorization, which
+        # only authorization reuse calls) after ~1,600 orders with 8 concurrent newOrders.
+        pebble = self.lab.start_pebble(f"big-{n}", extra_env={"PEBBLE_AUTHZREUSE": "0"})
+        tool = Acmebot(self.lab, self.args.cache, "A", pebble=pebble, timeout=300 + n)
         work = self.workdir("acmebot-big", "A", n, 0)
         tool.prepare(work, n)
         issued = tool.issue(work, n)
         tool.check(work, n)
-        before = self.ca_requests()
+        before = self.ca_requests(pebble)
         runs = [tool.noop(work, n) for _ in range(self.args.repeats)]
-        return issued, runs, self.ca_requests() - before, work
+        return issued, runs, self.ca_requests(pebble) - before, work
 
 
 def median(values):
@@ -681,6 +692,8 @@ def main(argv=None):
     parser.add_argument("--acmebot-rev", metavar="REV",
                         help="measure `git show REV:acmebot` instead of the work tree's acmebot "
                              "(either way a copy taken at the start is run)")
+    parser.add_argument("--report", metavar="RESULTS_JSON",
+                        help="only print the tables from a results.json an earlier run left (no lab)")
     parser.add_argument("--keep", action="store_true", help="keep every run's directory")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -693,6 +706,15 @@ def main(argv=None):
     if args.certbot_n is None:
         args.certbot_n = list(args.n)
     args.tools = [t for t in TOOLS if t in args.tools]   # acmebot first in the table
+    if args.report:
+        results = json.loads(Path(args.report).read_text())
+        results = results["runs"] if isinstance(results, dict) else results
+        ns = sorted({r["n"] for r in results})
+        variants = [v for v in VARIANTS if any(r["variant"] == v for r in results)]
+        rows = summarize(results, args.tools, variants, ns)
+        print_table(rows)
+        print_slopes(rows, variants)
+        return 0
     for tool, path in (("original", "original/bin/acmebot"), ("certbot", "certbot/bin/certbot")):
         if tool in args.tools and not (Path(args.cache) / path).exists():
             parser.error(f"{tool}: {Path(args.cache) / path} not found (run tests/bench/run, which installs it)")
@@ -724,9 +746,17 @@ def main(argv=None):
             rows = summarize(bench.results, args.tools, args.variants, args.n)
             extra = {}
             if not args.no_breakdown and "acmebot" in args.tools:
-                extra["breakdown"] = bench.breakdown(max(args.n), args.variants[0])
+                try:
+                    extra["breakdown"] = bench.breakdown(max(args.n), args.variants[0])
+                except (ToolFailed, OSError) as error:
+                    extra["breakdown_error"] = str(error)
+                    log(f"the --detail run failed: {error}")
             if args.big_noop:
-                extra["big"] = bench.big_noop(args.big_noop)
+                try:
+                    extra["big"] = bench.big_noop(args.big_noop)
+                except (ToolFailed, OSError, LabError) as error:
+                    extra["big_error"] = str(error)
+                    log(f"the {args.big_noop}-certificate run failed: {error}")
     except LabError as error:
         print(f"bench: the lab could not be started: {error}", file=sys.stderr)
         return 3
@@ -748,6 +778,10 @@ def report(args, rows, bench, extra, elapsed):
         n, variant = max(args.n), args.variants[0]
         timed = [r for r in rows if r["tool"] == "acmebot" and r["n"] == n and r["variant"] == variant]
         print_breakdown(*extra["breakdown"], timed_median=timed[0]["issue_median"] if timed else None)
+    for key in ("breakdown_error", "big_error"):
+        if key in extra:
+            tail = "\n".join(extra[key].splitlines()[:12])
+            print(f"\n{key.replace('_', ' ')}: {tail}")
     if "big" in extra:
         issued, runs, requests, _ = extra["big"]
         walls = [r.wall for r in runs]
