@@ -379,7 +379,7 @@ def test_lock_times_out_with_a_clear_message_and_survives_sigkill(lab, tmp_path)
         time.sleep(0.05)
     assert started.exists(), "the first run never reached its hook"
     blocked = run_acmebot(config)
-    assert blocked.returncode == 1
+    assert blocked.returncode == 6
     assert_clean(blocked)
     assert "another acmebot run holds" in blocked.stderr and str(slow.pid) in blocked.stderr
     slow.send_signal(signal.SIGKILL)
