@@ -390,3 +390,22 @@ def test_lock_times_out_with_a_clear_message_and_survives_sigkill(lab, tmp_path)
     after = run_acmebot(config)
     assert_ok(after)
     check_issued(lab, default_paths(tmp_path, "lock2.example.test", "rsa"), "rsa", ["lock2.example.test"])
+
+
+# -- batches below the CA's limit on pending authorizations -----------------------------------
+
+def test_orders_go_in_batches_and_later_key_types_reuse_authorizations(lab, tmp_path):
+    lab.add_hosts("example.test", "batch1", "www.batch1", "batch2", "www.batch2")
+    names = {f"batch{i}.example.test": {"alt_names": {"example.test": [f"batch{i}", f"www.batch{i}"]}}
+             for i in (1, 2)}
+    config = make_config(tmp_path, lab, {"settings": {"max_pending_authorizations": 2},
+                                         "certificates": names})
+    result = run_acmebot(config, "--verbose")
+    assert_ok(result)
+    assert "batch 4 of 4" in result.stdout
+    # rsa orders (first key type) answered 2 challenges each; the ecdsa orders reused them
+    assert result.stdout.count("answering 2 challenges") == 2
+    assert "answering" not in result.stdout.split("batch 3 of 4")[1]
+    for name in names:
+        for key_type in ("rsa", "ecdsa"):
+            check_issued(lab, default_paths(tmp_path, name, key_type), key_type, [name, "www." + name])
