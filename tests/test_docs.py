@@ -4,13 +4,9 @@ Fast, no root, no network: acmebot is imported in process (like test_units.py)."
 
 import base64
 import dataclasses
-import grp
 import hashlib
-import importlib.machinery
-import importlib.util
 import json
 import os
-import pwd
 import re
 import subprocess
 import sys
@@ -24,18 +20,7 @@ EXAMPLE = ROOT / "acmebot.example.json"
 README = ROOT / "README.rst"
 
 
-def _load():
-    loader = importlib.machinery.SourceFileLoader("acmebot", str(ACMEBOT))
-    spec = importlib.util.spec_from_loader("acmebot", loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["acmebot"] = module      # dataclasses look the module up
-    loader.exec_module(module)
-    return module
-
-
-ab = _load()
-USER = pwd.getpwuid(os.getuid()).pw_name
-GROUP = grp.getgrgid(os.getgid()).gr_name
+from test_units import GROUP, USER, ab  # acmebot imported in process once
 PLACEHOLDER = re.compile(r"^<(.+)>$")
 
 
