@@ -833,8 +833,8 @@ def print_breakdown(result, lines, work, env_note, timed_median=None):
             continue
         print(f"  {t:8.3f}  +{t - previous:6.3f}  {label}")
         previous = t
-    keygen = [float(m.group(1)) for _, line in lines
-              for m in [re.search(r"generated \w+ \w+ key for .* in ([\d.]+) s", line)] if m]
+    keygen = [float(m.group(1)) / (1000 if m.group(2) == "ms" else 1) for _, line in lines
+              for m in [re.search(r"generated \w+ \w+ key for .* in ([\d.]+) (ms|s)\b", line)] if m]
     requests = [line for _, line in lines if re.match(r"Sending \w+ request", line)]
     kinds = {}
     for line in requests:
