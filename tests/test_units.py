@@ -193,6 +193,8 @@ def test_directory_fields_are_expanded():
     ({"settings": {"verify": [{"port": 99999}]}}, "settings.verify[0].port: must be a port number"),
     ({"settings": {"verify": [{"port": 25, "starttls": "smtps"}]}}, "settings.verify[0].starttls: must be one of"),
     ({"settings": {"ct_submit_logs": ["nope"]}}, "settings.ct_submit_logs[0]: unknown log 'nope'"),
+    ({"hpkp_headers": {"../x": "h {header}"}}, "hpkp_headers.../x: '../x' cannot be used in file names"),
+    ({"ct_logs": {"a/b": {"url": "https://ct.example/"}}}, "ct_logs.a/b: 'a/b' cannot be used in file names"),
 ])
 def test_config_problems_name_their_place(top, place):
     raw = config(**top)
