@@ -177,6 +177,25 @@ class LoopbackServer:
     the same port.  Subclasses implement handle(method, path, headers, body) ->
     (status, content_type, payload)."""
 
+    MODES: tuple = ("normal",)
+    KIND = "server"
+
+    def set_mode(self, mode):
+        if mode not in self.MODES:
+            raise ValueError(f"unknown {self.KIND} mode {mode!r} (one of {', '.join(self.MODES)})")
+        with self._lock:
+            previous, self.mode = self.mode, mode
+            self._set_listening(mode != "down")
+        return previous
+
+    @contextlib.contextmanager
+    def temporary_mode(self, mode):
+        previous = self.set_mode(mode)
+        try:
+            yield self
+        finally:
+            self.set_mode(previous)
+
     def __init__(self, port=0):
         self._lock = threading.RLock()
         self._server = None
@@ -254,6 +273,8 @@ def _subject_public_key_bits(public_key):
 
 
 class OCSPResponder(LoopbackServer):
+    MODES = OCSP_MODES
+    KIND = "OCSP"
     """RFC 6960 responder for one issuer, with statuses looked up by `status_lookup(serial)`
     (returns pebble's cert-status dict, or None for an unknown serial).  Call
     `set_issuer(cert, key)` before the first request."""
@@ -300,22 +321,6 @@ class OCSPResponder(LoopbackServer):
             .add_extension(x509.OCSPNoCheck(), critical=False)
             .sign(issuer_key, hashes.SHA256()))
         self._issuer_hashes = {}
-
-    def set_mode(self, mode):
-        if mode not in OCSP_MODES:
-            raise ValueError(f"unknown OCSP mode {mode!r} (one of {', '.join(OCSP_MODES)})")
-        with self._lock:
-            previous, self.mode = self.mode, mode
-            self._set_listening(mode != "down")
-        return previous
-
-    @contextlib.contextmanager
-    def temporary_mode(self, mode):
-        previous = self.set_mode(mode)
-        try:
-            yield self
-        finally:
-            self.set_mode(previous)
 
     def reset(self):
         with self._lock:
@@ -532,6 +537,8 @@ def serialize_sct_list(serialized_scts):
 
 
 class CTLog(LoopbackServer):
+    MODES = CT_MODES
+    KIND = "CT log"
     """A minimal RFC 6962 log on 127.0.0.1 (see the module docstring)."""
 
     def __init__(self, name, mode="normal"):
@@ -551,22 +558,6 @@ class CTLog(LoopbackServer):
         super().__init__()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.set_mode(mode)
-
-    def set_mode(self, mode):
-        if mode not in CT_MODES:
-            raise ValueError(f"unknown CT log mode {mode!r} (one of {', '.join(CT_MODES)})")
-        with self._lock:
-            previous, self.mode = self.mode, mode
-            self._set_listening(mode != "down")
-        return previous
-
-    @contextlib.contextmanager
-    def temporary_mode(self, mode):
-        previous = self.set_mode(mode)
-        try:
-            yield self
-        finally:
-            self.set_mode(previous)
 
     def reset(self):
         with self._lock:
