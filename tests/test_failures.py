@@ -250,3 +250,22 @@ def test_zone_without_name_servers_is_not_answered(lab, tmp_path):
     assert "DNS lookup of _acme-challenge.host.nozone.test" in result.stderr and "REFUSED" in result.stderr
     assert "validation failed" not in result.stderr
     assert files_of(tmp_path, name) == []
+
+
+def test_unwritable_directory_is_a_file_error_and_nothing_is_installed(lab, tmp_path):
+    """The certificate directory cannot be created: exit 5 naming the path, and
+    the transaction leaves no key or certificate file behind."""
+    lab.add_hosts("example.test", "nowrite")
+    name = "nowrite.example.test"
+    (tmp_path / "certs").write_text("a file where the certificate directory should be")
+    config = make_config(tmp_path, lab, {"settings": {"key_size": 0}, "certificates": {name: {}}})
+    result = run_acmebot(config)
+    assert_clean(result)
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert str(tmp_path / "certs") in result.stderr
+    assert files_of(tmp_path, name) == []
+    assert not list(tmp_path.glob("private/*.key"))
+    # put right, the next run installs everything
+    (tmp_path / "certs").unlink()
+    assert_ok(run_acmebot(config))
+    check_issued(lab, default_paths(tmp_path, name, "ecdsa"), "ecdsa", [name])
