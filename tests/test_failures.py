@@ -269,3 +269,26 @@ def test_unwritable_directory_is_a_file_error_and_nothing_is_installed(lab, tmp_
     (tmp_path / "certs").unlink()
     assert_ok(run_acmebot(config))
     check_issued(lab, default_paths(tmp_path, name, "ecdsa"), "ecdsa", [name])
+
+
+def test_damaged_private_key_is_never_replaced(lab, tmp_path):
+    """An unreadable private key stops only its own certificates (exit 5, the file
+    named); acmebot never generates a new key over it; other keys carry on."""
+    lab.add_hosts("example.test", "dmg1", "dmg2")
+    names = ["dmg1.example.test", "dmg2.example.test"]
+    config = make_config(tmp_path, lab, {"settings": {"key_size": 0},
+                                         "certificates": {n: {} for n in names}})
+    assert_ok(run_acmebot(config))
+    broken = default_paths(tmp_path, names[0], "ecdsa")["key"]
+    broken.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    before = snapshot(tmp_path)
+    result = run_acmebot(config, "--renew")
+    assert_clean(result)
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert f"cannot load private key {broken}" in result.stderr
+    assert broken.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----\nnot a key")
+    after = snapshot(tmp_path)
+    for path, entry in before.items():          # dmg1's files are untouched
+        if names[0] in path:
+            assert after[path] == entry, path
+    assert after[f"certs/{names[1]}.ecdsa.pem"] != before[f"certs/{names[1]}.ecdsa.pem"]   # dmg2 renewed
