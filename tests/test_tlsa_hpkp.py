@@ -321,17 +321,54 @@ def test_hpkp_pins_follow_rollover(lab, tmp_path):
     assert not {pin(before[t][0]) for t in KEY_TYPES} & set(nginx.read_text().split('\\"')[1::2])
 
 
-def test_hpkp_rollover_with_previous_key_dir_pins_new_keys(lab, tmp_path):
-    """The pins of the new primary and backup keys are in the files after a rollover
-    (whether the previous keys are pinned too: see test_pending_verify.py)."""
-    lab.add_hosts("example.test", "hpkpprev")
-    name = "hpkpprev.example.test"
+def _rolled_over_with_previous(lab, tmp_path, host):
+    """A certificate issued, then rolled over with a previous_key directory."""
+    lab.add_hosts("example.test", host)
+    name = f"{host}.example.test"
     previous = tmp_path / "previous"
     config = make_config(tmp_path, lab, {"settings": {"hpkp_days": 1},
                                          "directories": {"previous_key": str(previous)},
                                          "certificates": {name: {}}})
     assert_ok(run_acmebot(config))
+    before = key_spkis(tmp_path, name)
     assert_ok(run_acmebot(config, "--rollover", "--force"))
     assert sorted(p.name for p in previous.iterdir()) == [f"{name}_previous.ecdsa.key", f"{name}_previous.rsa.key"]
-    file_pins = set((tmp_path / "hpkp" / f"{name}.nginx").read_text().split('\\"')[1::2])
-    assert set(all_pins(tmp_path, name)) <= file_pins
+    return config, name, previous, before
+
+
+def test_hpkp_files_pin_the_previous_keys_after_rollover(lab, tmp_path):
+    """Spec: while previous private key files are present, their pins are in the HPKP
+    headers — including right after the rollover that writes them."""
+    config, name, previous, before = _rolled_over_with_previous(lab, tmp_path, "hpkpprev2")
+    pins = all_pins(tmp_path, name, previous)       # primary, backup, previous per key type
+    assert {pin(before[t][0]) for t in KEY_TYPES} <= set(pins)
+    assert (tmp_path / "hpkp" / f"{name}.nginx").read_text() == hpkp_text(pins, 1)
+
+
+def test_hpkp_files_drop_the_previous_keys_once_their_files_are_removed(lab, tmp_path):
+    """Removing the previous key files (once the new keys are deployed everywhere)
+    drops their pins from the HPKP files on the next run."""
+    config, name, previous, _ = _rolled_over_with_previous(lab, tmp_path, "hpkpprev3")
+    assert_ok(run_acmebot(config))
+    assert (tmp_path / "hpkp" / f"{name}.nginx").read_text() == hpkp_text(all_pins(tmp_path, name, previous), 1)
+    for key_type in KEY_TYPES:
+        (previous / f"{name}_previous.{key_type}.key").unlink()
+    assert_ok(run_acmebot(config))
+    assert (tmp_path / "hpkp" / f"{name}.nginx").read_text() == hpkp_text(all_pins(tmp_path, name), 1)
+
+
+def test_hpkp_files_follow_config_changes(lab, tmp_path):
+    """hpkp_report_uri / pin_subdomains / hpkp_days changed in the config: the next
+    run rewrites the HPKP files."""
+    lab.add_hosts("example.test", "hpkpconf")
+    name = "hpkpconf.example.test"
+    config = make_config(tmp_path, lab, {"settings": {"key_size": 0}, "certificates": {name: {}}})
+    assert_ok(run_acmebot(config))
+    config = make_config(tmp_path, lab, {"settings": {"key_size": 0, "hpkp_days": 5, "pin_subdomains": False,
+                                                      "hpkp_report_uri": "https://r.example.test/"},
+                                         "certificates": {name: {}}})
+    assert_ok(run_acmebot(config))
+    paths = default_paths(tmp_path, name, "ecdsa")
+    pins = [pin(spki_of_key(paths["key"])), pin(spki_of_key(paths["backup"]))]
+    assert (tmp_path / "hpkp" / f"{name}.nginx").read_text() == \
+        hpkp_text(pins, 5, False, "https://r.example.test/")

@@ -4,7 +4,9 @@ Public-Key-Pins header, TLSA records) with what it installed.  The servers are t
 nginx and Python TLS servers of tests/tls_servers.py, fed acmebot's files, or other
 files to simulate what goes wrong; problems are warnings on stderr and exit 0."""
 
+import base64
 import datetime
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -18,7 +20,7 @@ from cryptography.x509.oid import NameOID
 from conftest import make_config, run_acmebot
 from lab import free_port
 from test_issue import KEY_TYPES, assert_clean, assert_ok, default_paths
-from test_tlsa_hpkp import served, tlsa
+from test_tlsa_hpkp import served, spki_of_key, tlsa
 from tls_servers import tls_servers  # noqa: F401
 
 ADDRESS = "127.0.0.1"
@@ -110,18 +112,6 @@ def ocsp_response(lab, cert_path, status=ocsp.OCSPCertStatus.GOOD):
                              revocation_reason=x509.ReasonFlags.key_compromise if revoked else None)
                .responder_id(ocsp.OCSPResponderEncoding.HASH, issuer))
     return builder.sign(issuer_key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
-
-
-# -- https with HPKP ---------------------------------------------------------------------------------
-
-def test_verify_https_passes(lab, tmp_path, tls_servers):
-    """nginx with both certificates (TLS 1.3 negotiated), plain int port form.
-    (protocol "http", which also checks the Public-Key-Pins header: see
-    test_pending_verify.py.)"""
-    config, name = issue(lab, tmp_path, "vok")
-    port = tls_servers.https([name], certs(tmp_path, name), include=tmp_path / "hpkp" / f"{name}.nginx")
-    set_verify(config, name, [port])
-    assert_verified(run_acmebot(config, "--verify"))
 
 
 # -- what is served differs ----------------------------------------------------------------------------
@@ -302,3 +292,37 @@ def test_verify_published_tlsa_records_must_match(lab, tmp_path, tls_servers):
     assert len(warnings) == 2, warnings
     for key_type in KEY_TYPES:
         assert any(where(name, port, key_type) in w and "TLSA" in w and owner in w for w in warnings), warnings
+
+
+# -- protocol http: the Public-Key-Pins header ---------------------------------------------
+
+def test_verify_https_with_hpkp_header_passes(lab, tmp_path, tls_servers):
+    """nginx with both certificates (TLS 1.3 negotiated) and the HPKP include: the
+    header check passes, and so does the plain int port form."""
+    config, name = issue(lab, tmp_path, "vok")
+    port = tls_servers.https([name], certs(tmp_path, name), include=tmp_path / "hpkp" / f"{name}.nginx")
+    set_verify(config, name, [{"port": port, "protocol": "http"}])
+    assert_verified(run_acmebot(config, "--verify"))
+    # same server, plain int port form: no header check, still fine
+    set_verify(config, name, [port])
+    assert_verified(run_acmebot(config, "--verify"))
+
+
+def test_verify_wrong_or_missing_pin_header_warns(lab, tmp_path, tls_servers):
+    config, name = issue(lab, tmp_path, "vpin")
+    wrong = tmp_path / "wrong-pins.conf"
+    good = (tmp_path / "hpkp" / f"{name}.nginx").read_text()
+    # one real pin replaced by another key's
+    other = spki_of_key(default_paths(tmp_path, name, "rsa")["key"])
+    real_pins = good.split('\\"')[1::2]
+    bogus = base64.b64encode(hashlib.sha256(other + b"x").digest()).decode()
+    wrong.write_text(good.replace(real_pins[0], bogus))
+    port = tls_servers.https([name], certs(tmp_path, name), include=wrong)
+    bare = tls_servers.https([name], certs(tmp_path, name))
+    set_verify(config, name, [{"port": port, "protocol": "http"}, {"port": bare, "protocol": "http"}])
+    warnings = warnings_of(run_acmebot(config, "--verify"))
+    assert len(warnings) == 4, warnings
+    for key_type in KEY_TYPES:
+        assert any(where(name, port, key_type) in w and "Public-Key-Pins" in w
+                   and "3 of 4" in w and "1 other" in w for w in warnings), warnings
+        assert any(where(name, bare, key_type) in w and "no Public-Key-Pins header" in w for w in warnings), warnings
