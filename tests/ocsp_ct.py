@@ -638,6 +638,17 @@ class CTLogs:
             log.stop()
 
 
+@pytest.fixture(autouse=True)
+def fresh_modes(ocsp_pebble, ct_log):
+    """Autouse in every module that imports it: the fixtures are session-scoped, so
+    each test starts from (and leaves) the "normal" modes."""
+    ocsp_pebble.reset()
+    ct_log.reset()
+    yield
+    ocsp_pebble.reset()
+    ct_log.reset()
+
+
 @pytest.fixture(scope="session")
 def ct_log():
     logs = CTLogs()

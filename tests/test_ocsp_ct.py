@@ -22,20 +22,10 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from ocsp_ct import (  # noqa: F401 (fixtures)
-    connection_refused, ct_log, ocsp_pebble, parse_go_time, sct_signed_data, serialize_sct,
+    connection_refused, ct_log, fresh_modes, ocsp_pebble, parse_go_time, sct_signed_data, serialize_sct,
     serialize_sct_list, verify_sct)
 
 SCT_LIST_OID = x509.ObjectIdentifier("1.3.6.1.4.1.11129.2.4.2")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_modes(ocsp_pebble, ct_log):
-    """The fixtures are session-scoped: every test here starts from and leaves "normal"."""
-    ocsp_pebble.reset()
-    ct_log.reset()
-    yield
-    ocsp_pebble.reset()
-    ct_log.reset()
 
 
 # -- issuing with the acme library ----------------------------------------------------------------

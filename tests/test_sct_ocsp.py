@@ -30,41 +30,10 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from conftest import make_config, run_acmebot
-import ocsp_ct
-from ocsp_ct import ct_log, sct_signed_data, verify_sct  # noqa: F401 (fixtures)
+from ocsp_ct import ct_log, fresh_modes, ocsp_pebble, sct_signed_data, verify_sct  # noqa: F401 (fixtures)
 from test_issue import KEY_TYPES, assert_clean, assert_ok, default_paths
 
 LOGS = ("log1", "log2")
-
-
-@pytest.fixture(scope="session")
-def ocsp_pebble(lab):
-    """ocsp_ct.ocsp_pebble, but with a pebble of its own name ("ocsp-sct-..."): it can be imported
-    by several modules of one session.
-
-    Importing ocsp_ct's session fixture into two test modules gives two fixture
-    definitions, each starting lab.start_pebble("ocsp"): the second fails with
-    "pebble 'ocsp' already started" when test_ocsp_ct.py runs in the same session.
-    This module therefore starts its own responder and pebble from ocsp_ct's classes."""
-    responder = ocsp_ct.OCSPResponder()
-    try:
-        pebble = lab.start_pebble(unique("ocsp-sct-"), extra_config={"ocspResponderURL": responder.url})
-        issuer = x509.load_pem_x509_certificate(pebble.intermediate_pem().encode())
-        issuer_key = serialization.load_pem_private_key(pebble.intermediate_key_pem().encode(), None)
-        responder.status_lookup = ocsp_ct._pebble_status(pebble)
-        responder.set_issuer(issuer, issuer_key)
-        yield ocsp_ct.OCSPPebble(responder, pebble)
-    finally:
-        responder.stop()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_modes(ocsp_pebble, ct_log):
-    ocsp_pebble.reset()
-    ct_log.reset()
-    yield
-    ocsp_pebble.reset()
-    ct_log.reset()
 
 
 # -- helpers -------------------------------------------------------------------------------------
