@@ -283,6 +283,21 @@ def test_local_dns_mode_with_reload_zone_command(lab, tmp_path):
 
 # -- http-01 through nginx ----------------------------------------------------------------------
 
+def assert_issued_over_http(lab, tmp_path, config, cert_name, names, http_fetches):
+    """One run issues the certificate (both key types); nginx served at least
+    http_fetches challenge files, which are gone again, as are the TXT records;
+    a second run changes nothing."""
+    files_before = challenge_dir_files(lab)
+    served_before = len(served_challenges(lab))
+    assert_ok(run_acmebot(config))
+    for key_type in KEY_TYPES:
+        check_issued(lab, default_paths(tmp_path, cert_name, key_type), key_type, names)
+    assert len(served_challenges(lab)) - served_before >= http_fetches
+    assert challenge_dir_files(lab) == files_before
+    assert_no_challenge_records(lab, names)
+    assert_second_run_changes_nothing(config, tmp_path)
+
+
 def test_http01_mapping_mixed_with_dns01_in_one_certificate(lab, tmp_path):
     lab.add_hosts("example.test", "httpmix", "www.httpmix")
     # No A record for dns.httpmix: http-01 could not work for it, only dns-01 can.
@@ -293,17 +308,8 @@ def test_http01_mapping_mixed_with_dns01_in_one_certificate(lab, tmp_path):
         "certificates": {"httpmix.example.test": {
             "alt_names": {"example.test": ["httpmix", "www.httpmix", "dns.httpmix"]}}},
     })
-    files_before = challenge_dir_files(lab)
-    served_before = len(served_challenges(lab))
-    result = run_acmebot(config)
-    assert_ok(result)
-    for key_type in KEY_TYPES:
-        check_issued(lab, default_paths(tmp_path, "httpmix.example.test", key_type), key_type, names)
-    # pebble fetched the two http-01 files from nginx; they are gone now
-    assert len(served_challenges(lab)) - served_before >= 2
-    assert challenge_dir_files(lab) == files_before
-    assert_no_challenge_records(lab, names)
-    assert_second_run_changes_nothing(config, tmp_path)
+    # pebble fetches the two http-01 files from nginx
+    assert_issued_over_http(lab, tmp_path, config, "httpmix.example.test", names, http_fetches=2)
 
 
 def test_http01_directory_pattern_and_null_entry_forcing_dns01(lab, tmp_path):
@@ -324,17 +330,8 @@ def test_http01_directory_pattern_and_null_entry_forcing_dns01(lab, tmp_path):
         "certificates": {"pat1.example.test": {
             "alt_names": {"example.test": ["pat1", "pat2", "dnspat"], "example.net": ["patnet"]}}},
     })
-    files_before = challenge_dir_files(lab)
-    served_before = len(served_challenges(lab))
-    result = run_acmebot(config)
-    assert_ok(result)
-    for key_type in KEY_TYPES:
-        check_issued(lab, default_paths(tmp_path, "pat1.example.test", key_type), key_type, names)
-    assert len(served_challenges(lab)) - served_before >= 3
-    assert challenge_dir_files(lab) == files_before
+    assert_issued_over_http(lab, tmp_path, config, "pat1.example.test", names, http_fetches=3)
     assert not (www / "example.test" / "dnspat").exists()
-    assert_no_challenge_records(lab, names)
-    assert_second_run_changes_nothing(config, tmp_path)
 
 
 def test_wildcard_uses_dns01_even_with_http_challenge_directory(lab, tmp_path):
@@ -344,14 +341,8 @@ def test_wildcard_uses_dns01_even_with_http_challenge_directory(lab, tmp_path):
         "directories": {"http_challenge": str(lab.http_challenge_dir)},
         "certificates": {"wild.example.test": {"alt_names": {"example.test": ["wild", "*.wild"]}}},
     })
-    served_before = len(served_challenges(lab))
-    result = run_acmebot(config)
-    assert_ok(result)
-    for key_type in KEY_TYPES:
-        check_issued(lab, default_paths(tmp_path, "wild.example.test", key_type), key_type, names)
-    assert len(served_challenges(lab)) - served_before >= 1   # wild.example.test by http-01
-    assert_no_challenge_records(lab, names)
-    assert_second_run_changes_nothing(config, tmp_path)
+    # wild.example.test by http-01, *.wild.example.test by dns-01
+    assert_issued_over_http(lab, tmp_path, config, "wild.example.test", names, http_fetches=1)
 
 
 # -- private keys shared by certificates -----------------------------------------------------
