@@ -161,6 +161,27 @@ def tsig_key_text(name, secret, algorithm="hmac-sha256"):
     return f'key "{name}" {{\n\talgorithm {algorithm};\n\tsecret "{secret}";\n}};\n'
 
 
+def named_options(directory, port, recursive=False):
+    """The options of a foreground named on 127.0.0.1:port with its state in
+    directory: authoritative only, or (recursive) a resolver that caches nothing."""
+    if recursive:
+        mode = ("    recursion yes;\n    allow-recursion { 127.0.0.1; };\n"
+                "    max-cache-ttl 0;\n    max-ncache-ttl 0;\n")
+    else:
+        mode = "    recursion no;\n    notify no;\n    allow-query { any; };\n"
+    return (f"options {{\n"
+            f'    directory "{directory}";\n'
+            f'    pid-file "{directory}/named.pid";\n'
+            f'    session-keyfile "{directory}/session.key";\n'
+            f'    managed-keys-directory "{directory}";\n'
+            f"    listen-on port {port} {{ 127.0.0.1; }};\n"
+            f"    listen-on-v6 {{ none; }};\n"
+            f"    dnssec-validation no;\n"
+            f"{mode}"
+            f"}};\n"
+            f"controls {{ }};\n")  # no rndc channel on port 953
+
+
 def deep_merge(base, overrides):
     """A copy of `base` with `overrides` merged in: dicts merge recursively, anything
     else (lists, None included) replaces the base value."""
@@ -437,21 +458,7 @@ class Lab:
                 f"}};\n")
         conf = self.bind_dir / "named.conf"
         conf.write_text(
-            f"{key_statements}\n"
-            f"options {{\n"
-            f'    directory "{self.bind_dir}";\n'
-            f'    pid-file "{self.bind_dir}/named.pid";\n'
-            f'    session-keyfile "{self.bind_dir}/session.key";\n'
-            f'    managed-keys-directory "{self.bind_dir}";\n'
-            f"    listen-on port {self.dns_port} {{ 127.0.0.1; }};\n"
-            f"    listen-on-v6 {{ none; }};\n"
-            f"    recursion no;\n"
-            f"    dnssec-validation no;\n"
-            f"    notify no;\n"
-            f"    allow-query {{ any; }};\n"
-            f"}};\n"
-            f"controls {{ }};\n"  # no rndc channel on port 953
-            + "".join(zones))
+            f"{key_statements}\n" + named_options(self.bind_dir, self.dns_port) + "".join(zones))
         # -g: foreground, log to stderr; running as root, named keeps root (no -u),
         # so the lab directory needs no special ownership.
         self.named = Server("named", ["named", "-g", "-c", conf], self.bind_dir / "named.log",
@@ -602,21 +609,7 @@ class Lab:
             f'zone "{zone}" {{ type forward; forward only; forwarders {{ 127.0.0.1 port {self.dns_port}; }}; }};\n'
             for zone in ZONES)
         conf = directory / "named.conf"
-        conf.write_text(
-            f"options {{\n"
-            f'    directory "{directory}";\n'
-            f'    pid-file "{directory}/named.pid";\n'
-            f'    session-keyfile "{directory}/session.key";\n'
-            f'    managed-keys-directory "{directory}";\n'
-            f"    listen-on port {port} {{ 127.0.0.1; }};\n"
-            f"    listen-on-v6 {{ none; }};\n"
-            f"    recursion yes;\n"
-            f"    allow-recursion {{ 127.0.0.1; }};\n"
-            f"    dnssec-validation no;\n"
-            f"    max-cache-ttl 0;\n"
-            f"    max-ncache-ttl 0;\n"
-            f"}};\n"
-            f"controls {{ }};\n" + forwards)
+        conf.write_text(named_options(directory, port, recursive=True) + forwards)
         server = Server("resolver", ["named", "-g", "-c", conf], directory / "named.log", cwd=directory)
         self._servers.append(server)
 

@@ -46,7 +46,7 @@ sys.path.insert(0, str(TESTS_DIR))
 
 # The tests' own set-up, reused: the namespace from conftest, the lab from lab.py.
 from conftest import _isolate_network  # noqa: E402
-from lab import (ACMEBOT, REQUIRED_BINARIES, Lab, LabError, Server, parse_key_text,  # noqa: E402
+from lab import (ACMEBOT, REQUIRED_BINARIES, Lab, LabError, Server, named_options, parse_key_text,  # noqa: E402
                  tsig_key_text)
 
 
@@ -104,20 +104,7 @@ class BenchLab(Lab):
             f"@ IN A 127.0.0.1\n" + records)
         conf = self.bind_dir / "named.conf"
         conf.write_text(
-            f"{text}\n"
-            f"options {{\n"
-            f'    directory "{self.bind_dir}";\n'
-            f'    pid-file "{self.bind_dir}/named.pid";\n'
-            f'    session-keyfile "{self.bind_dir}/session.key";\n'
-            f'    managed-keys-directory "{self.bind_dir}";\n'
-            f"    listen-on port {DNS_PORT} {{ 127.0.0.1; }};\n"
-            f"    listen-on-v6 {{ none; }};\n"
-            f"    recursion no;\n"
-            f"    dnssec-validation no;\n"
-            f"    notify no;\n"
-            f"    allow-query {{ any; }};\n"
-            f"}};\n"
-            f"controls {{ }};\n"
+            f"{text}\n" + named_options(self.bind_dir, DNS_PORT) +
             f'zone "{ZONE}" {{\n'
             f"    type primary;\n"
             f'    file "{ZONE}.zone";\n'
