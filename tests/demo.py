@@ -108,11 +108,8 @@ def demo(root):
         banner(f"the configuration: {config}")
         print(config.read_text(), end="")
 
-        banner("first run: acmebot --detail")
-        first = run_acmebot(config, "--detail")
-        show_run(first)
+        first = run_step(config, "first", "--detail", "")
         if first.returncode != 0:
-            print("demo: the first acmebot run failed", file=sys.stderr)
             return first.returncode
 
         banner(f"files under {work}")
@@ -130,11 +127,8 @@ def demo(root):
         for path in leaves:
             describe_certificate(path)
 
-        banner("second run: acmebot --verbose (everything is in place: nothing to do)")
-        second = run_acmebot(config, "--verbose")
-        show_run(second)
+        second = run_step(config, "second", "--verbose", " (everything is in place: nothing to do)")
         if second.returncode != 0:
-            print("demo: the second acmebot run failed", file=sys.stderr)
             return second.returncode
         after = snapshot(work, skip=("acmebot.json",))
         # The log file grows on every run; the resource dir may record authorizations.
@@ -148,6 +142,16 @@ def demo(root):
         banner("stopping the lab")
     print("done: every server is stopped; the temporary directory is removed next")
     return 0
+
+
+def run_step(config, which, option, note):
+    """One acmebot run, shown; a failure is said on stderr."""
+    banner(f"{which} run: acmebot {option}{note}")
+    result = run_acmebot(config, option)
+    show_run(result)
+    if result.returncode != 0:
+        print(f"demo: the {which} acmebot run failed", file=sys.stderr)
+    return result
 
 
 def main():
