@@ -269,14 +269,19 @@ def _expect(condition, what, got):
         raise TLSProbeError(f"{what}: got {got!r}")
 
 
+def _reply(plain, code, what):
+    """A whole (possibly multi-line, "220-...") SMTP/FTP reply with this code."""
+    while True:
+        line = plain.line()
+        _expect(line.startswith(code), what, line)
+        if line[3:4] != "-":
+            return line
+
+
 def _client_preamble(plain, protocol, server_name):
     """Speak the client side of `protocol` up to the point where TLS starts."""
     if protocol == "smtp":
-        while True:
-            line = plain.line()
-            _expect(line.startswith("220"), "SMTP greeting", line)
-            if line[3:4] != "-":
-                break
+        _reply(plain, "220", "SMTP greeting")
         plain.send("EHLO acmebot.test\r\n")
         capabilities = []
         while True:
@@ -317,11 +322,7 @@ def _client_preamble(plain, protocol, server_name):
         line = plain.line()
         _expect(line.upper().startswith("OK"), "ManageSieve STARTTLS reply", line)
     elif protocol == "ftp":
-        while True:
-            line = plain.line()
-            _expect(line.startswith("220"), "FTP greeting", line)
-            if line[3:4] != "-":
-                break
+        _reply(plain, "220", "FTP greeting")
         plain.send("AUTH TLS\r\n")
         line = plain.line()
         _expect(line.startswith("234"), "FTP AUTH TLS reply", line)
