@@ -436,3 +436,20 @@ def test_hook_fields_are_shell_quoted(tmp_path):
                 certificate_file=hostile)
     assert out.read_text() == hostile + "\n"
     assert not marker.exists()
+
+
+def test_a_failed_update_message_says_how_many_changes_went_in(monkeypatch):
+    """Updates go out in messages of UPDATE_CHUNK changes; when a later message
+    fails, the caller learns which records are in the zone (to remove them)."""
+    sent = []
+
+    def fake_update(self, zone_key, changes):       # stands in for the network send
+        if len(sent) == 1:
+            raise ab.ValidationError("refused")
+        sent.append(list(changes))
+    monkeypatch.setattr(ab.Dns, "_update", fake_update)
+    dns = object.__new__(ab.Dns)
+    changes = [("add", f"n{i}.example.test", "TXT", 60, "v") for i in range(ab.Dns.UPDATE_CHUNK + 10)]
+    with pytest.raises(ab.ValidationError) as info:
+        dns.update(None, changes)
+    assert info.value.applied == ab.Dns.UPDATE_CHUNK and len(sent[0]) == ab.Dns.UPDATE_CHUNK
