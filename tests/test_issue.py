@@ -13,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -529,3 +530,37 @@ def test_changed_alt_names_reissue_and_archive_old_files(lab, tmp_path):
     for file_name, data in archived.items():
         assert any(data == content for per_type in old.values() for content in per_type.values()), file_name
     assert_second_run_changes_nothing(config, tmp_path)
+
+
+# -- phases and options not covered above ---------------------------------------------------------
+
+def test_auth_phase_alone_authorizes_without_issuing_then_certs_needs_no_challenge(lab, tmp_path):
+    lab.add_hosts("example.test", "authonly")
+    name = "authonly.example.test"
+    config = make_config(tmp_path, lab, {"settings": {"key_size": 0}, "certificates": {name: {}}})
+    auth = run_acmebot(config, "--auth", "--verbose")
+    assert_ok(auth)
+    assert "auth: 1 name" in auth.stdout and f"{name} authorized (dns-01)" in auth.stdout
+    assert not default_paths(tmp_path, name, "ecdsa")["certificate"].exists()
+    certs = run_acmebot(config, "--certs", "--verbose")
+    assert_ok(certs)
+    assert "answering" not in certs.stdout          # pebble reuses the valid authorization
+    check_issued(lab, default_paths(tmp_path, name, "ecdsa"), "ecdsa", [name])
+
+
+def test_random_dh_parameters_and_randomwait(lab, tmp_path):
+    """dhparam_random asks openssl for fresh parameters (1024 bits keeps the test
+    fast); --randomwait waits between min_run_delay and max_run_delay first."""
+    lab.add_hosts("example.test", "dhrand")
+    name = "dhrand.example.test"
+    config = make_config(tmp_path, lab, {
+        "settings": {"key_size": 0, "dhparam_random": True, "dhparam_size": 1024, "ecparam_curve": None,
+                     "min_run_delay": 0.2, "max_run_delay": 0.3},
+        "certificates": {name: {}}})
+    started = time.monotonic()
+    assert_ok(run_acmebot(config, "--randomwait"))
+    assert time.monotonic() - started >= 0.2
+    params = default_paths(tmp_path, name, "ecdsa")["param"].read_bytes()
+    p, g = dh_numbers(params)
+    assert p.bit_length() == 1024 and g == 2
+    assert b"EC PARAMETERS" not in params
