@@ -18,7 +18,8 @@ them point at the proxy without any rewriting, and the JWS "url" acmebot signs
 matches what pebble expects.
 
 `intercept(request)` is called for each request (the dict above, without
-"status") and returns None to forward it, or (status, headers, body) to answer
+"status", plus "raw": (headers, body), so that an intercept can `proxy.forward`
+it itself) and returns None to forward it, or (status, headers, body) to answer
 it in pebble's place.  Such answers carry a fresh Replay-Nonce fetched from
 pebble, as a real CA's error responses do (the acme library insists on one).
 """
@@ -81,7 +82,7 @@ class CAProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 request = {"method": self.command, "path": self.path, "payload": jws_payload(body) if body else None,
-                           "time": time.monotonic()}
+                           "time": time.monotonic(), "raw": (dict(self.headers.items()), body)}
                 answer = proxy.intercept(request)
                 if answer is None:
                     status, headers, data = proxy.forward(self.command, self.path, dict(self.headers.items()), body)
