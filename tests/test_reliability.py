@@ -318,3 +318,78 @@ def test_unusable_stored_ocsp_response_does_not_stop_the_run(lab, tmp_path):
     assert "internal error" not in result.stderr
     assert reloads.read_text() == "reloaded\n" * 2     # after --certs, and after --renew
     check_issued(lab, paths, "ecdsa", [name])
+
+
+# -- a rename that fails half way -----------------------------------------------------------------------
+
+def _strace_run(config, inject):
+    """acmebot --renew with strace failing its renames as ``inject`` says."""
+    return subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=rename",
+                           "-e", f"inject=rename:{inject}", sys.executable, str(ACMEBOT),
+                           "--config", str(config), "--accept-terms", "--renew"],
+                          capture_output=True, text=True, timeout=300, cwd=Path(config).parent)
+
+
+def _issue_both(lab, tmp_path, host):
+    lab.add_hosts("example.test", host)
+    name = f"{host}.example.test"
+    config = make_config(tmp_path, lab, {"certificates": {name: {}}})
+    assert_ok(run_acmebot(config))
+    return config, name
+
+
+def test_a_rename_failing_half_way_puts_every_file_back(lab, tmp_path):
+    config, name = _issue_both(lab, tmp_path, "rnf")
+    before = files(tmp_path)
+    for when in (2, 3, 5):      # the journal is the first rename; then the files
+        result = _strace_run(config, f"error=EIO:when={when}")
+        assert_clean(result)
+        assert result.returncode == 5, result.stdout + result.stderr
+        assert "Input/output error; nothing was changed" in result.stderr
+        after = files(tmp_path)
+        assert {k: v for k, v in after.items() if not k.startswith("archive/")} == before
+        assert leftovers(tmp_path) == []
+    result = run_acmebot(config, "--renew")
+    assert_ok(result)
+    for key_type in ("rsa", "ecdsa"):
+        check_issued(lab, default_paths(tmp_path, name, key_type), key_type, [name])
+
+
+def test_a_failed_roll_back_is_finished_by_the_next_run(lab, tmp_path):
+    config, name = _issue_both(lab, tmp_path, "rbf")
+    before = files(tmp_path)
+    # renames: 1 the journal, 2 the first file (done), 3 the second (fails),
+    # 4 the journal's "roll back" (done), 5 putting the first file back (fails)
+    result = _strace_run(config, "error=EIO:when=3+2")
+    assert_clean(result)
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert "the next run finishes the roll-back" in result.stderr
+    assert len(list((tmp_path / "resource" / "journal").glob("*.json"))) == 1
+    result = run_acmebot(config, "--certs")
+    assert_ok(result)
+    assert "Rolled back the interrupted installation" in result.stdout
+    after = files(tmp_path)
+    assert {k: v[2] for k, v in after.items() if not k.startswith("archive/")} == \
+        {k: v[2] for k, v in before.items()}
+    assert leftovers(tmp_path) == []
+
+
+def test_an_unrecorded_roll_back_is_finished_forward_by_the_next_run(lab, tmp_path):
+    """Every rename after the journal fails: the roll-back cannot even be
+    recorded; the next run installs what the journal describes (the new
+    certificates were issued already)."""
+    config, name = _issue_both(lab, tmp_path, "ufw")
+    before = files(tmp_path)
+    result = _strace_run(config, "error=EIO:when=2+")
+    assert_clean(result)
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert "the next run finishes the installation" in result.stderr
+    result = run_acmebot(config, "--certs")
+    assert_ok(result)
+    assert "Finished the interrupted installation" in result.stdout
+    assert leftovers(tmp_path) == []
+    after = files(tmp_path)
+    for key_type in ("rsa", "ecdsa"):
+        paths = default_paths(tmp_path, name, key_type)
+        assert after[str(paths["certificate"].relative_to(tmp_path))] != before[str(paths["certificate"].relative_to(tmp_path))]
+        check_issued(lab, paths, key_type, [name])
