@@ -364,7 +364,7 @@ def test_a_failed_roll_back_is_finished_by_the_next_run(lab, tmp_path):
     assert_clean(result)
     assert result.returncode == 5, result.stdout + result.stderr
     assert "the next run finishes the roll-back" in result.stderr
-    assert len(list((tmp_path / "resource" / "journal").glob("*.json"))) == 1
+    assert len([p for p in (tmp_path / "resource" / "journal").glob("*.json") if not p.name.startswith(".")]) == 1
     result = run_acmebot(config, "--certs")
     assert_ok(result)
     assert "Rolled back the interrupted installation" in result.stdout
@@ -393,3 +393,17 @@ def test_an_unrecorded_roll_back_is_finished_forward_by_the_next_run(lab, tmp_pa
         paths = default_paths(tmp_path, name, key_type)
         assert after[str(paths["certificate"].relative_to(tmp_path))] != before[str(paths["certificate"].relative_to(tmp_path))]
         check_issued(lab, paths, key_type, [name])
+
+
+def test_temp_files_of_a_run_killed_before_its_journal_are_swept(lab, tmp_path):
+    config, name = _issue_both(lab, tmp_path, "swp")
+    before = files(tmp_path)
+    result = _strace_run(config, "signal=KILL:when=1")      # the journal's own rename
+    assert result.returncode != 0
+    assert leftovers(tmp_path)                               # temp files, no journal
+    assert not [p for p in (tmp_path / "resource" / "journal").glob("*.json") if not p.name.startswith(".")]
+    assert {k: v for k, v in files(tmp_path).items() if k in before} == before
+    result = run_acmebot(config, "--certs")
+    assert_ok(result)
+    assert leftovers(tmp_path) == []
+    assert files(tmp_path) == before
