@@ -23,6 +23,7 @@ detail) and its key rolled over (--debug, under strace).  Then:
 
 import base64
 import json
+import logging
 import os
 import re
 import secrets
@@ -34,7 +35,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from conftest import make_config, run_acmebot
+from conftest import make_config
 from lab import ACMEBOT, ZONES
 from test_issue import KEY_TYPES, assert_ok, check_issued, default_paths
 
@@ -376,3 +377,88 @@ def check_modes(tmp_path, traces):
     assert checked >= len(targets)          # every target file was seen being created
     assert {str(tmp_path / "private"), str(tmp_path / "resource"), str(tmp_path / "previous")} <= dirs_seen
     assert any(ARCHIVE_STAMP.search(d) for d in dirs_seen)
+
+
+# -- in process: the pieces behind the run above ------------------------------------------------------
+
+from test_units import ab  # noqa: E402 (the script imported as a module)
+
+UNIT_SECRET = "un'ique \"unit\" $SECRET \\ word"
+
+
+@pytest.fixture
+def console(capsys):
+    """capsys, with acmebot's handlers removed afterwards (a test calls
+    setup_console itself: sys.stdout is capsys's only while the test runs)."""
+    ab.REDACTOR.add(UNIT_SECRET)
+    yield capsys
+    for handler in list(ab.log.handlers):
+        ab.log.removeHandler(handler)
+        handler.close()
+
+
+def test_quoted_forms_of_a_secret_are_redacted():
+    ab.REDACTOR.add(UNIT_SECRET)
+    for form in (UNIT_SECRET, shlex.quote(UNIT_SECRET), json.dumps(UNIT_SECRET), repr(UNIT_SECRET)):
+        shown = ab.REDACTOR.redact(f"hook x: run {form} now")
+        assert "unit" not in shown and "********" in shown, shown
+
+
+def test_debug_prints_the_traceback_redacted_on_the_console_and_in_the_log_file(console, tmp_path):
+    log_path = tmp_path / "log" / "acmebot.log"
+    ab.setup_console(logging.DEBUG, False)
+    ab.setup_log_file(str(log_path), logging.DEBUG)
+    try:
+        raise ValueError(f"cannot use {UNIT_SECRET}")
+    except ValueError:
+        ab.log.debug("traceback", exc_info=True)
+    out = console.readouterr().out
+    text = log_path.read_text()
+    for where in (out, text):
+        assert "Traceback (most recent call last):" in where
+        assert "ValueError: cannot use ********" in where
+        assert "unit" not in where
+
+
+def test_child_processes_get_no_secret_in_their_environment(monkeypatch):
+    ab.REDACTOR.add(UNIT_SECRET)
+    monkeypatch.setenv("ACMEBOT_PASSPHRASE", "another passphrase")
+    monkeypatch.setenv("SOME_TOKEN", f"x{UNIT_SECRET}y")
+    monkeypatch.setenv("HARMLESS", "/usr/local/bin")
+    env = ab.child_env()
+    assert "ACMEBOT_PASSPHRASE" not in env and "SOME_TOKEN" not in env
+    assert env["HARMLESS"] == "/usr/local/bin"
+    shown = subprocess.run(["env"], env=env, capture_output=True, text=True, check=True).stdout
+    assert "another passphrase" not in shown and "unit" not in shown
+
+
+def test_passphrase_field_reaches_the_hook_but_not_its_argv_env_or_stdin(console, tmp_path, monkeypatch):
+    """The hook uses {passphrase} twice (a pipe read once would give it once);
+    a trailing newline survives; the `sh -c` line and environment (read from
+    /proc by the hook itself) hold no passphrase; the hook's stdin is empty."""
+    secret = UNIT_SECRET + "\n"
+    monkeypatch.setenv("ACMEBOT_PASSPHRASE", secret)
+    out = tmp_path / "out"
+    out.mkdir()
+    command = (f"printf '%s' {{passphrase}} > {out}/one; printf '%s' {{passphrase}} > {out}/two; "
+               f"cat /proc/$$/cmdline > {out}/argv; cat /proc/$$/environ > {out}/env; cat > {out}/stdin; "
+               f"echo {{key_name}} > {out}/name")
+    config_path = tmp_path / "acmebot.json"
+    config_path.write_text(json.dumps({"hooks": {"private_key_installed": command,
+                                                 "backup_key_installed": f"cat > {out}/plain-stdin"}}))
+    config = ab.load_config(str(config_path))
+    ab.setup_console(logging.DEBUG, False)
+    ab.run_hook(config, "private_key_installed", key_name="k1", key_type="rsa", private_key_file="/x",
+                passphrase=secret)
+    assert (out / "one").read_text() == secret and (out / "two").read_text() == secret
+    assert (out / "name").read_text() == "k1\n"
+    for name in ("argv", "env", "stdin"):
+        text = (out / name).read_bytes().decode()
+        assert "unit" not in text, name
+    assert "${acmebot_passphrase}" in (out / "argv").read_bytes().decode()
+    assert (out / "stdin").read_text() == ""
+    ab.run_hook(config, "backup_key_installed", key_name="k1", key_type="rsa", backup_key_file="/y",
+                passphrase=secret)
+    assert (out / "plain-stdin").read_text() == ""
+    logged = console.readouterr()
+    assert "unit" not in logged.out + logged.err
