@@ -29,6 +29,7 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -459,3 +460,19 @@ def test_passphrase_field_reaches_the_hook_but_not_its_argv_env_or_stdin(console
     assert (out / "plain-stdin").read_text() == ""
     logged = console.readouterr()
     assert "unit" not in logged.out + logged.err
+
+
+def test_openssl_for_random_dh_parameters_gets_no_secret(tmp_path, monkeypatch):
+    """An `openssl` first on PATH records its environment, then runs the real one."""
+    real = shutil.which("openssl")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "openssl"
+    wrapper.write_text(f'#!/bin/sh\nenv > {shlex.quote(str(tmp_path / "env"))}\nexec {shlex.quote(real)} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("ACMEBOT_PASSPHRASE", UNIT_SECRET)
+    pem = ab.dhparam_pem(1024, random_params=True)
+    assert pem.startswith(b"-----BEGIN DH PARAMETERS-----")
+    env = (tmp_path / "env").read_text()
+    assert f"PATH={bin_dir}:" in env and "ACMEBOT_PASSPHRASE" not in env and "unit" not in env
