@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import serialization
 from conftest import make_config
 from lab import ACMEBOT, ZONES
 from test_issue import KEY_TYPES, assert_ok, check_issued, default_paths
+from test_units import ab     # the script imported as a module, for the in-process tests
 
 HOOK_ENV = Path(__file__).resolve().parent / "hook_env.py"
 PASSPHRASE = "it's a \"pass\" $HOME \\ phrase"
@@ -379,7 +380,6 @@ def check_modes(tmp_path, traces):
 
 # -- in process: the pieces behind the run above ------------------------------------------------------
 
-from test_units import ab  # noqa: E402 (the script imported as a module)
 
 UNIT_SECRET = "un'ique \"unit\" $SECRET \\ word"
 
