@@ -22,6 +22,15 @@ matches what pebble expects.
 it itself) and returns None to forward it, or (status, headers, body) to answer
 it in pebble's place.  Such answers carry a fresh Replay-Nonce fetched from
 pebble, as a real CA's error responses do (the acme library insists on one).
+
+`rewrite(request, status, headers, body)` (optional) is called with pebble's
+answer to each forwarded request and returns None to pass it on unchanged, or
+the (status, headers, body) to send instead (a damaged or hostile CA: garbage
+JSON, a changed identifier, another chain).
+
+Any answer may carry a fourth element, a dict of how to send it:
+{"drip": seconds} sends the body one byte every `seconds` (a CA that never
+finishes its answer; the Content-Length is the full body's).
 """
 
 import base64
@@ -62,9 +71,10 @@ def problem(status, typ, detail, retry_after=None):
 
 
 class CAProxy:
-    def __init__(self, lab, pebble, intercept=None):
+    def __init__(self, lab, pebble, intercept=None, rewrite=None):
         self.upstream = ("127.0.0.1", pebble.port)
         self.intercept = intercept or (lambda request: None)
+        self.rewrite = rewrite or (lambda request, status, headers, body: None)
         self.requests = []
         self._lock = threading.Lock()
         self._client_context = ssl.create_default_context(cafile=str(lab.pebble_ca_bundle))
@@ -85,12 +95,15 @@ class CAProxy:
                            "time": time.monotonic(), "raw": (dict(self.headers.items()), body)}
                 answer = proxy.intercept(request)
                 if answer is None:
-                    status, headers, data = proxy.forward(self.command, self.path, dict(self.headers.items()), body)
+                    answer = proxy.forward(self.command, self.path, dict(self.headers.items()), body)
+                    answer = proxy.rewrite(request, *answer) or answer
                 else:
-                    status, headers, data = answer
-                    headers = dict(headers)
-                    headers.setdefault("Replay-Nonce", proxy.fresh_nonce(self.headers.get("Host")))
-                    headers.setdefault("Cache-Control", "no-store")
+                    answer = list(answer)
+                    answer[1] = dict(answer[1])
+                    answer[1].setdefault("Replay-Nonce", proxy.fresh_nonce(self.headers.get("Host")))
+                    answer[1].setdefault("Cache-Control", "no-store")
+                status, headers, data = answer[:3]
+                how = answer[3] if len(answer) > 3 else {}
                 request["status"] = status
                 with proxy._lock:
                     proxy.requests.append(request)
@@ -100,8 +113,19 @@ class CAProxy:
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if self.command != "HEAD":
+                if self.command == "HEAD":
+                    return
+                if "drip" not in how:
                     self.wfile.write(data)
+                    return
+                self.close_connection = True
+                try:
+                    for i in range(len(data)):
+                        self.wfile.write(data[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(how["drip"])
+                except OSError:         # the client gave up
+                    pass
 
             do_GET = do_POST = do_HEAD = _handle
 
