@@ -18,7 +18,7 @@ import json
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ca_proxy import CAProxy, problem
 from conftest import make_config, run_acmebot
@@ -284,10 +284,13 @@ def test_authorization_for_a_name_not_ordered(lab, tmp_path, proxy_factory):
 
 
 def impostor_of(cert_pem):
-    """A self-signed certificate with the same subject as `cert_pem` but
-    another key: it names the leaf's issuer but did not sign it."""
+    """A self-signed certificate with the same subject and key type as
+    `cert_pem` but another key: it names the leaf's issuer but did not sign it."""
     real = x509.load_pem_x509_certificate(cert_pem)
-    key = ec.generate_private_key(ec.SECP256R1())
+    if isinstance(real.public_key(), rsa.RSAPublicKey):
+        key = rsa.generate_private_key(65537, real.public_key().key_size)
+    else:
+        key = ec.generate_private_key(real.public_key().curve)
     impostor = (x509.CertificateBuilder().subject_name(real.subject).issuer_name(real.subject)
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(real.not_valid_before_utc).not_valid_after(real.not_valid_after_utc)
@@ -307,7 +310,7 @@ def test_chain_whose_intermediate_did_not_issue_the_leaf(lab, tmp_path, proxy_fa
     proxy = proxy_factory(rewrite=rewrite)
     fail_then_recover(lab, tmp_path, proxy, fault, "hnchain1.example.test", "hnchain2.example.test", 3,
                       ["certificate hnchain2.example.test (ecdsa)", "chain certificate 1",
-                       "did not issue the certificate"])
+                       "did not issue the certificate: its signature does not verify"])
 
 
 def test_chain_that_is_another_ca_certificate(lab, tmp_path, proxy_factory):
