@@ -13,7 +13,11 @@ Every test has its own host names (prefix "hn").
 """
 
 import base64
+import gzip
+import http.server
 import json
+import threading
+import time
 
 import pytest
 from cryptography import x509
@@ -23,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from ca_proxy import CAProxy, problem
 from conftest import make_config, run_acmebot
 from test_issue import assert_clean, assert_ok, cert_blocks, check_issued, default_paths, snapshot
+from test_units import ab
 
 ACME_TIMEOUT = 2
 STATE_FILES = ("resource/status.json", "resource/authorizations.json")
@@ -449,3 +454,100 @@ def test_lock_file_planted_as_symlink_is_refused(lab, tmp_path, proxy_factory):
     lock.unlink()
     assert_ok(run_acmebot(config))
     check_issued(lab, default_paths(tmp_path, name, "ecdsa"), "ecdsa", [name])
+
+
+# -- the bounded HTTP session itself (used for ACME, OCSP and CT), in process ------------------------
+
+class SlowServer:
+    """A loopback HTTP server whose answers are chosen by path: the peer that
+    OCSP responders and CT logs could be (none of those is runnable here)."""
+    BIG = 200_000
+
+    def __init__(self):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.close_connection = True
+                try:
+                    getattr(self, "answer_" + self.path.strip("/"))()
+                except OSError:         # the client gave up
+                    pass
+
+            def answer_ok(self):
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def drip(self, data):
+                for i in range(len(data)):
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.5)
+
+            def answer_drip_body(self):
+                self.send_response(200)
+                self.send_header("Content-Length", "100")
+                self.end_headers()
+                self.drip(b"x" * 100)
+
+            def answer_drip_headers(self):
+                self.drip(b"HTTP/1.1 200 OK\r\nX-Slow: " + b"y" * 100)
+
+            def answer_declared_big(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(SlowServer.BIG))
+                self.end_headers()
+                self.wfile.write(b"x" * SlowServer.BIG)
+
+            def answer_undeclared_big(self):        # no length: the body ends when the connection does
+                self.send_response(200)
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(b"x" * SlowServer.BIG)
+
+            def answer_gzip_bomb(self):             # small on the wire, big once decoded
+                data = gzip.compress(b"\0" * SlowServer.BIG * 10)
+                self.send_response(200)
+                self.send_header("Content-Encoding", "gzip")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def slow_server():
+    server = SlowServer()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("path, needle", [
+    ("drip_body", "no complete answer from {url}drip_body within 1 s"),
+    ("drip_headers", "no complete answer from {url}drip_headers within 1 s"),
+    ("declared_big", "the answer from {url}declared_big is larger than 65536 bytes (200000)"),
+    ("undeclared_big", "the answer from {url}undeclared_big is larger than 65536 bytes"),
+    ("gzip_bomb", "the answer from {url}gzip_bomb is larger than 65536 bytes"),
+])
+def test_bounded_session_refuses_slow_and_big_answers(slow_server, path, needle):
+    """Each answer would take 50 s (drips) or be 200 KB to 2 MB: the session
+    ends each at the 1 s deadline or the 64 KiB cap, and stays usable."""
+    session = ab.bounded_session(1, {"": ab.OCSP_BODY_LIMIT})
+    with pytest.raises(ab.BadAnswer) as caught:
+        session.post(slow_server.url + path, data=b"request", timeout=1)
+    assert str(caught.value) == needle.format(url=slow_server.url)
+    assert session.post(slow_server.url + "ok", data=b"request", timeout=1).content == b"ok"
