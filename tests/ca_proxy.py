@@ -112,13 +112,14 @@ class CAProxy:
                     if name.lower() not in HOP_BY_HOP:
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
+                if "drip" in how:           # the connection is the answer's alone, as a real server says
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 if self.command == "HEAD":
                     return
                 if "drip" not in how:
                     self.wfile.write(data)
                     return
-                self.close_connection = True
                 try:
                     for i in range(len(data)):
                         self.wfile.write(data[i:i + 1])

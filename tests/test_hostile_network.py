@@ -470,6 +470,10 @@ class SlowServer:
             def log_message(self, *args):
                 pass
 
+            def end_headers(self):          # one request per connection, said so
+                self.send_header("Connection", "close")
+                super().end_headers()
+
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 self.close_connection = True
@@ -507,7 +511,6 @@ class SlowServer:
 
             def answer_undeclared_big(self):        # no length: the body ends when the connection does
                 self.send_response(200)
-                self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(b"x" * SlowServer.BIG)
 
