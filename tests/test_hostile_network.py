@@ -198,6 +198,43 @@ def test_authorization_of_the_wrong_shape(lab, tmp_path, proxy_factory):
                       ["creating the order for hnshape2.example.test", "not a valid ACME object"])
 
 
+def test_garbage_challenge_answer(lab, tmp_path, proxy_factory):
+    fault = Fault()
+
+    def rewrite(request, status, headers, body):
+        if fault.on and acme_path(request, "/chalZ/"):
+            fault.hit()
+            return status, headers, b'{"type": "http-01", "status": "valid", "url": '
+    proxy = proxy_factory(rewrite=rewrite)
+    fail_then_recover(lab, tmp_path, proxy, fault, "hnchal1.example.test", "hnchal2.example.test", 3,
+                      ["certificate hnchal2.example.test (ecdsa)", "answering the challenge for hnchal2",
+                       "not valid JSON"])
+
+
+def test_garbage_new_account_answer_registers_nothing(lab, tmp_path, proxy_factory):
+    name = "hnacct.example.test"
+    fault = Fault(on=True)
+
+    def rewrite(request, status, headers, body):
+        if fault.on and acme_path(request, "/sign-me-up"):
+            fault.hit()
+            return status, headers, b"]["
+    proxy = proxy_factory(rewrite=rewrite)
+    lab.add_hosts("example.test", "hnacct")
+    config = config_for(tmp_path, lab, proxy, [name])
+    result = run_acmebot(config)
+    assert fault.hits == 1
+    assert_clean(result)
+    assert result.returncode == 3, result.stdout + result.stderr
+    lines = error_lines(result)
+    assert len(lines) == 1 and "registering the ACME account" in lines[0] and "not valid JSON" in lines[0], lines
+    assert not (tmp_path / "resource" / "registration.json").exists()
+    assert_not_installed(tmp_path, name)
+    fault.on = False
+    assert_ok(run_acmebot(config))
+    check_issued(lab, default_paths(tmp_path, name, "ecdsa"), "ecdsa", [name])
+
+
 def test_finalize_answer_of_the_wrong_shape(lab, tmp_path, proxy_factory):
     fault = Fault()
 
@@ -222,16 +259,21 @@ def test_truncated_certificate_download(lab, tmp_path, proxy_factory):
                       ["certificate hncert2.example.test (ecdsa)", "contains no certificate"])
 
 
-def test_server_error_500_with_html(lab, tmp_path, proxy_factory):
+@pytest.mark.parametrize("host, content_type, body, needle", [
+    ("hn500a", "text/html", b"<html><body>\n  Internal   oops\n</body></html>", "'<html><body> Internal oops </body></html>'"),
+    ("hn500b", "text/plain", b"", "(empty)"),
+    ("hn500c", "application/problem+json", b"[1, 2]", "'[1, 2]'"),
+])
+def test_server_error_500_without_a_problem_document(lab, tmp_path, proxy_factory, host, content_type, body, needle):
     fault = Fault()
 
     def intercept(request):
         if fault.on and request["path"] == proxy.new_order_path:
             fault.hit()
-            return 500, {"Content-Type": "text/html"}, b"<html><body>\n  Internal   oops\n</body></html>"
+            return 500, {"Content-Type": content_type}, body
     proxy = proxy_factory(intercept)
-    fail_then_recover(lab, tmp_path, proxy, fault, "hn500a.example.test", "hn500b.example.test", 3,
-                      ["creating the order for hn500b.example.test", "HTTP 500", "Internal oops"])
+    fail_then_recover(lab, tmp_path, proxy, fault, f"{host}1.example.test", f"{host}2.example.test", 3,
+                      [f"creating the order for {host}2.example.test", "HTTP 500 Internal Server Error from", needle])
 
 
 # -- slow and big answers ----------------------------------------------------------------------------
