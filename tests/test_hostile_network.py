@@ -260,7 +260,8 @@ def test_truncated_certificate_download(lab, tmp_path, proxy_factory):
 
 
 @pytest.mark.parametrize("host, content_type, body, needle", [
-    ("hn500a", "text/html", b"<html><body>\n  Internal   oops\n</body></html>", "'<html><body> Internal oops </body></html>'"),
+    ("hn500a", "text/html", b"<html><body>\n  Internal   oops\n</body></html>",
+     "'<html><body> Internal oops </body></html>'"),
     ("hn500b", "text/plain", b"", "(empty)"),
     ("hn500c", "application/problem+json", b"[1, 2]", "'[1, 2]'"),
 ])
