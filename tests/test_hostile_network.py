@@ -9,6 +9,10 @@ already installed byte for byte as they were, and the next run without the fault
 issues normally.  Also: an http-01 token path or the lock file planted as a
 symlink is never written through.
 
+The HTTP session that bounds every request (ACME, OCSP, CT) is also tested in
+process against a small loopback server that drips or floods its answers: no
+runnable OCSP responder or CT log misbehaves on demand.
+
 Every test has its own host names (prefix "hn").
 """
 
