@@ -335,6 +335,25 @@ def test_authorization_for_a_name_not_ordered(lab, tmp_path, proxy_factory):
     assert lab.txt("_acme-challenge.hnevil.example.test") == []
 
 
+def test_authorization_whose_identifier_changes_while_polled(lab, tmp_path, proxy_factory):
+    fault = Fault()
+    seen = set()
+
+    def rewrite(request, status, headers, body):
+        if fault.on and acme_path(request, "/authZ/"):
+            if request["path"] not in seen:         # the order's first look at it is left alone
+                seen.add(request["path"])
+                return None
+            fault.hit()
+            authorization = json.loads(body)
+            authorization["identifier"]["value"] = "hnevil.example.test"
+            return status, headers, json.dumps(authorization).encode()
+    proxy = proxy_factory(rewrite=rewrite)
+    fail_then_recover(lab, tmp_path, proxy, fault, "hnpoll1.example.test", "hnpoll2.example.test", 3,
+                      ["certificate hnpoll2.example.test (ecdsa)", "checking the authorization of hnpoll2",
+                       "the CA changed the identifier of the authorization"])
+
+
 def impostor_of(cert_pem):
     """A self-signed certificate with the same subject and key type as
     `cert_pem` but another key: it names the leaf's issuer but did not sign it."""
