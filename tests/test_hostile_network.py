@@ -439,9 +439,8 @@ def test_one_order_failing_at_finalize_does_not_stop_the_other(lab, tmp_path, pr
 
 def test_ca_sending_only_the_leaf(lab, tmp_path, proxy_factory):
     """A CA that sends the leaf without its chain: the certificate is installed
-    as sent (nothing to check it against), without a chain file.
-    (That the next run leaves it alone needs issue_reason to accept the missing
-    chain file: it now reorders with "chain file ... is missing".)"""
+    as sent (nothing to check it against), without a chain file, and the next
+    run leaves it alone (no chain file is due for a certificate without one)."""
     name = "hnleaf.example.test"
     fault = Fault(on=True)
 
@@ -463,6 +462,12 @@ def test_ca_sending_only_the_leaf(lab, tmp_path, proxy_factory):
     assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
         x509.DNSName) == [name]
     assert not paths["chain"].exists()
+    orders = len(proxy.new_orders())
+    before = snapshot(tmp_path)
+    assert_ok(run_acmebot(config))
+    assert len(proxy.new_orders()) == orders
+    assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("resource/")} == \
+        {k: v for k, v in before.items() if not k.startswith("resource/")}
 
 
 # -- hostile files -----------------------------------------------------------------------------------
