@@ -727,8 +727,10 @@ def make_config(tmp_path, lab, overrides=None):
     return path
 
 
-def run_acmebot(config_path, *args, input=None, env=None, timeout=300):
-    """Run acmebot as a subprocess; returns the CompletedProcess (text, captured)."""
+def run_acmebot(config_path, *args, input=None, env=None, timeout=300, program=None):
+    """Run acmebot as a subprocess; returns the CompletedProcess (text, captured).
+    program: the command to run instead of this tree's acmebot under this python
+    (an installed `acmebot`, say)."""
     child_env = dict(os.environ)
     # Only what the test gives: no passphrase or CA bundle leaking in from outside.
     for name in ("ACMEBOT_PASSPHRASE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
@@ -737,6 +739,7 @@ def run_acmebot(config_path, *args, input=None, env=None, timeout=300):
     child_env.update(env or {})
     config_path = Path(config_path)
     return subprocess.run(
-        [sys.executable, str(ACMEBOT), "--config", str(config_path), "--accept-terms", *map(str, args)],
+        [*([str(program)] if program else [sys.executable, str(ACMEBOT)]),
+         "--config", str(config_path), "--accept-terms", *map(str, args)],
         input=input, capture_output=True, text=True, cwd=config_path.parent,
         env=child_env, timeout=timeout)
