@@ -9,36 +9,13 @@ Fixtures: `lab` (session; see lab.py), `acmebot_config` (callable writing a conf
 Helpers: ACMEBOT, make_config(tmp_path, lab, overrides), run_acmebot(config, *args, ...).
 """
 
-import ctypes
 import os
 import shutil
-import subprocess
 import tempfile
 
 import pytest
 
-from lab import ACMEBOT, REQUIRED_BINARIES, Lab, make_config, run_acmebot  # noqa: F401 (re-exported)
-
-CLONE_NEWNET = 0x40000000
-
-
-def _isolate_network():
-    """Unshare the network namespace and bring up lo; return an error text or None."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNET) != 0:
-        errno = ctypes.get_errno()
-        return f"unshare(CLONE_NEWNET) failed: {os.strerror(errno)} (the tests need root or CAP_SYS_ADMIN)"
-    ip = shutil.which("ip")
-    if ip is None:
-        return "'ip' (iproute2) not found: cannot bring up lo in the test network namespace"
-    result = subprocess.run([ip, "link", "set", "lo", "up"], capture_output=True, text=True)
-    if result.returncode != 0:
-        return f"'ip link set lo up' failed: {result.stderr.strip()}"
-    links = subprocess.run([ip, "-o", "link", "show"], capture_output=True, text=True).stdout
-    names = [line.split(":")[1].strip() for line in links.splitlines() if line.strip()]
-    if names != ["lo"]:
-        return f"network namespace has interfaces {names}, expected only lo"
-    return None
+from lab import ACMEBOT, REQUIRED_BINARIES, Lab, isolate_network, make_config, run_acmebot  # noqa: F401 (re-exported)
 
 
 def pytest_configure(config):
@@ -46,7 +23,7 @@ def pytest_configure(config):
     if missing:
         pytest.exit(f"required program(s) not found: {', '.join(missing)} "
                     f"(install the Debian packages named in .ci/run)", returncode=3)
-    error = _isolate_network()
+    error = isolate_network()
     if error:
         pytest.exit(f"cannot isolate the tests on loopback: {error}", returncode=3)
     os.environ["ACMEBOT_TEST_NETNS"] = "1"

@@ -2,7 +2,7 @@
 """A guided tour of acmebot against the test lab (run it through ../demo, as root).
 
 What it does, all inside a private network namespace that has only a loopback interface
-(the same isolation the tests use, from conftest.py), so nothing reaches the Internet:
+(the same isolation the tests use, lab.isolate_network), so nothing reaches the Internet:
 
   1. starts the lab (lab.py): BIND 9 serving example.test, pebble (an ACME test CA) and
      nginx, on free 127.0.0.1 ports, with all state in a temporary directory;
@@ -30,9 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# The tests' own set-up, reused as is: the namespace from conftest, the lab from lab.py.
-from conftest import _isolate_network  # noqa: E402
-from lab import REQUIRED_BINARIES, Lab, LabError, make_config, run_acmebot  # noqa: E402
+# The tests' own set-up, reused as is: the namespace and the lab from lab.py.
+from lab import REQUIRED_BINARIES, Lab, LabError, isolate_network, make_config, run_acmebot  # noqa: E402
 
 ZONE = "example.test"
 BOLD, RESET = ("\033[1m", "\033[0m") if sys.stdout.isatty() else ("", "")
@@ -167,7 +166,7 @@ def main():
         print(f"demo: required program(s) not found: {', '.join(missing)} "
               "(./demo installs them; see .ci/run)", file=sys.stderr)
         return 3
-    error = _isolate_network()
+    error = isolate_network()
     if error:
         print(f"demo: cannot isolate the demo on loopback: {error}", file=sys.stderr)
         return 3

@@ -28,6 +28,7 @@ import pwd
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -192,6 +193,30 @@ def deep_merge(base, overrides):
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def isolate_network():
+    """Move this process into a new network namespace that has only lo (up); return an
+    error text or None.  Used by conftest.py (pytest), the demo, the benchmark and the
+    kill campaign, before any thread or server is started."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        errno = ctypes.get_errno()
+        return f"unshare(CLONE_NEWNET) failed: {os.strerror(errno)} (the tests need root or CAP_SYS_ADMIN)"
+    ip = shutil.which("ip")
+    if ip is None:
+        return "'ip' (iproute2) not found: cannot bring up lo in the test network namespace"
+    result = subprocess.run([ip, "link", "set", "lo", "up"], capture_output=True, text=True)
+    if result.returncode != 0:
+        return f"'ip link set lo up' failed: {result.stderr.strip()}"
+    links = subprocess.run([ip, "-o", "link", "show"], capture_output=True, text=True).stdout
+    names = [line.split(":")[1].strip() for line in links.splitlines() if line.strip()]
+    if names != ["lo"]:
+        return f"network namespace has interfaces {names}, expected only lo"
+    return None
 
 
 class Server:
@@ -727,8 +752,9 @@ def make_config(tmp_path, lab, overrides=None):
     return path
 
 
-def run_acmebot(config_path, *args, input=None, env=None, timeout=300, program=None):
-    """Run acmebot as a subprocess; returns the CompletedProcess (text, captured).
+def acmebot_command(config_path, *args, env=None, program=None):
+    """(argv, env, cwd) of an acmebot run on config_path, as run_acmebot starts it (for a
+    caller that needs its own Popen: a process group to kill, a wrapper such as strace).
     program: the command to run instead of this tree's acmebot under this python
     (an installed `acmebot`, say)."""
     child_env = dict(os.environ)
@@ -738,8 +764,15 @@ def run_acmebot(config_path, *args, input=None, env=None, timeout=300, program=N
     child_env["ACMEBOT_TEST_NETNS"] = "1"
     child_env.update(env or {})
     config_path = Path(config_path)
+    argv = [*([str(program)] if program else [sys.executable, str(ACMEBOT)]),
+            "--config", str(config_path), "--accept-terms", *map(str, args)]
+    return argv, child_env, config_path.parent
+
+
+def run_acmebot(config_path, *args, input=None, env=None, timeout=300, wrapper=(), program=None):
+    """Run acmebot as a subprocess; returns the CompletedProcess (text, captured).
+    wrapper: argv prefix (e.g. nsenter into a mount namespace); program: see acmebot_command."""
+    argv, child_env, cwd = acmebot_command(config_path, *args, env=env, program=program)
     return subprocess.run(
-        [*([str(program)] if program else [sys.executable, str(ACMEBOT)]),
-         "--config", str(config_path), "--accept-terms", *map(str, args)],
-        input=input, capture_output=True, text=True, cwd=config_path.parent,
+        [*map(str, wrapper), *argv], input=input, capture_output=True, text=True, cwd=cwd,
         env=child_env, timeout=timeout)

@@ -5,7 +5,7 @@ Run it through tests/bench/run (as root): that script installs the competitors i
 virtualenvs and then runs this file, which
 
   1. moves itself into a network namespace that has only a loopback interface (the tests'
-     own isolation, conftest._isolate_network), so the CA, DNS and every tool stay on 127.0.0.1;
+     own isolation, lab.isolate_network), so the CA, DNS and every tool stay on 127.0.0.1;
   2. starts the tests' lab (lab.Lab: pebble with PEBBLE_VA_NOSLEEP=1, PEBBLE_AUTHZREUSE=100,
      PEBBLE_WFE_NONCEREJECT=0), with its BIND replaced by one serving the zone bench.test on
      127.0.0.1:53 (the original acmebot resolves through /etc/resolv.conf and port 53);
@@ -44,10 +44,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 TESTS_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(TESTS_DIR))
 
-# The tests' own set-up, reused: the namespace from conftest, the lab from lab.py.
-from conftest import _isolate_network  # noqa: E402
-from lab import (ACMEBOT, REQUIRED_BINARIES, Lab, LabError, Server, named_options, parse_key_text,  # noqa: E402
-                 tsig_key_text)
+# The tests' own set-up, reused: the namespace and the lab from lab.py.
+from lab import (ACMEBOT, REQUIRED_BINARIES, Lab, LabError, Server, isolate_network, named_options,  # noqa: E402
+                 parse_key_text, tsig_key_text)
 
 
 ZONE = "bench.test"
@@ -713,7 +712,7 @@ def main(argv=None):
     if missing:
         print(f"bench: required program(s) not found: {', '.join(missing)}", file=sys.stderr)
         return 3
-    error = _isolate_network()
+    error = isolate_network()
     if error:
         print(f"bench: cannot isolate the benchmark on loopback: {error}", file=sys.stderr)
         return 3
