@@ -20,13 +20,16 @@ The runs that rewrite files, alternated (KINDS):
             certificate reissued;
   reissue   a certificate file is deleted (a different one each time), then a plain run.
 
-Two ways to kill:
+Ways to kill:
   random    the run is started in its own process group, which gets SIGKILL at an instant
-            drawn uniformly from [0, d], d being the measured duration of that kind of run;
+            drawn uniformly from [0, d], d being the measured duration of that kind of run
+            (most such instants fall before the files are written: see the figures);
   rename N  `strace -f -e inject=rename,renameat,renameat2:signal=KILL:when=N`: the process
             is killed on entering its Nth rename, so the state is the one after N-1 renames
             (Python's os.replace is rename(2) on x86-64; strace counts per syscall and per
-            process).  N = 1..(renames in a run of that kind), counted by a traced run first.
+            process).  N = 1..(renames in a run of that kind), counted by a traced run first;
+  link N    the same at the Nth link/linkat: the archive's hard links, made after the temp
+            files (and the journal) are written and before the first rename.
 
 After every kill:
   invariant  no certificate on disk without its private key somewhere on disk: the public
@@ -76,7 +79,8 @@ KINDS = {
 }
 KIND_LABELS = {"renew": "--renew", "rollover": "--rollover --force",
                "reissue": "plain run after deleting a certificate file"}
-RENAME_SYSCALLS = "rename,renameat,renameat2"
+# the syscalls a kill can be injected at: name in the figures -> syscalls strace counts
+SYSCALL_KILLS = {"rename": ("rename", "renameat", "renameat2"), "link": ("link", "linkat")}
 RUN_TIMEOUT = 300
 TEMP_MARK = ".acmebot-"
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\n.+?\n-----END CERTIFICATE-----\n", re.S)
@@ -147,8 +151,8 @@ class Kill:
     """One kill and what followed it."""
     number: int
     kind: str
-    how: str                    # "random" or "rename"
-    at: float = 0.0             # random: seconds after the start; rename: N
+    how: str                    # "random", or a SYSCALL_KILLS name: "rename", "link"
+    at: float = 0.0             # random: seconds after the start; else N
     duration: float = 0.0       # random: the kind's measured duration
     killed: bool = False        # False: the run ended before the kill
     changed_at_kill: int = 0    # files that differed from before the run, right after the kill
@@ -162,7 +166,7 @@ class Kill:
         if self.how == "random":
             where = f"random kill at {self.at:.2f} s of {self.duration:.2f} s"
         else:
-            where = f"kill at rename {int(self.at)}"
+            where = f"kill at {self.how} {int(self.at)}"
         return f"kill #{self.number} ({where}) of a {KIND_LABELS[self.kind]}"
 
 
@@ -200,7 +204,7 @@ class Campaign:
         self.config = make_config(self.root, lab, overrides)
         self.config_data = json.loads(self.config.read_text())
         self.durations = {}         # kind -> seconds of an unkilled run
-        self.renames = {}           # kind -> (count, [renamed file names], per-process counts)
+        self.syscalls = {}          # (kind, "rename"/"link") -> (count, [file names], per-process counts)
         self.kills = []
         self.resets = 0
         self.started = time.monotonic()
@@ -298,31 +302,31 @@ class Campaign:
             self.durations[kind] = self.timed_run(kind)
             self.log(f"a {KIND_LABELS[kind]} takes {self.durations[kind]:.2f} s")
 
-    def count_renames(self, kind):
-        """Runs `kind` once under strace; returns the number of renames of the process that
-        makes the most (strace's `when=` counts per process and per syscall)."""
+    def count_syscalls(self, kind):
+        """Runs `kind` once under strace; records, for renames and links, how many the
+        process that makes the most of one syscall makes (strace's `when=` counts per
+        process and per syscall)."""
         self.prepare(kind)
+        traced = ",".join(name for names in SYSCALL_KILLS.values() for name in names)
         with tempfile.NamedTemporaryFile(prefix="strace-", suffix=".log", dir=self.output_dir) as trace:
             argv, env, cwd = self.command(kind)
-            result = subprocess.run(["strace", "-f", "-qq", "-o", trace.name, "-e", f"trace={RENAME_SYSCALLS}",
-                                     *argv], env=env, cwd=cwd, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+            result = subprocess.run(["strace", "-f", "-qq", "-o", trace.name, "-e", f"trace={traced}", *argv],
+                                    env=env, cwd=cwd, capture_output=True, text=True, timeout=RUN_TIMEOUT)
             if result.returncode != 0:
                 raise CampaignError(f"a traced {KIND_LABELS[kind]} failed (exit {result.returncode}):\n"
                                     f"{result.stdout}{result.stderr}")
             lines = Path(trace.name).read_text().splitlines()
-        per_process = collections.Counter()
-        names = []
-        for line in lines:
-            match = re.match(r'^(\d+)\s+(rename|renameat2?)\((.*)\)\s+=\s+(-?\d+)', line)
-            if not match:
-                continue
-            pid, syscall = match.group(1), match.group(2)
-            per_process[(pid, syscall)] += 1
-            target = re.findall(r'"([^"]*)"', match.group(3))
-            names.append(f"{syscall} {Path(target[-1]).name if target else '?'}")
-        count = max(per_process.values(), default=0)
-        self.renames[kind] = (count, names, dict(per_process))
-        return count
+        for target, names in SYSCALL_KILLS.items():
+            per_process = collections.Counter()
+            files = []
+            for line in lines:
+                match = re.match(r'^(\d+)\s+(\w+)\((.*)\)\s+=\s+(-?\d+)', line)
+                if not match or match.group(2) not in names:
+                    continue
+                per_process[(match.group(1), match.group(2))] += 1
+                paths = re.findall(r'"([^"]*)"', match.group(3))
+                files.append(f"{Path(paths[-1]).name if paths else '?'}")
+            self.syscalls[(kind, target)] = (max(per_process.values(), default=0), files, dict(per_process))
 
     # -- kills --------------------------------------------------------------------------
     def random_kill(self, kind):
@@ -345,14 +349,16 @@ class Campaign:
         self._after_kill(kill, before, started)
         return kill
 
-    def rename_kill(self, kind, n):
-        kill = Kill(len(self.kills) + 1, kind, "rename", n)
+    def syscall_kill(self, kind, target, n):
+        """SIGKILL on entering the nth call of a SYSCALL_KILLS[target] syscall."""
+        kill = Kill(len(self.kills) + 1, kind, target, n)
         self.prepare(kind)
         before = file_state(self.root)
         argv, env, cwd = self.command(kind)
         started = time.monotonic()
         # (no "-e trace=none": strace then ignores the injection)
-        strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"inject={RENAME_SYSCALLS}:signal=KILL:when={n}"]
+        strace = ["strace", "-f", "-qq", "-o", "/dev/null",
+                  "-e", f"inject={','.join(SYSCALL_KILLS[target])}:signal=KILL:when={n}"]
         with open(self.output_dir / "killed-run.out", "wb") as out:
             process = self._popen(strace + argv, env, cwd, out)
             try:
@@ -532,7 +538,7 @@ class Campaign:
         lines = []
         done = [k for k in kills if k.killed]
         random_kills = [k for k in kills if k.how == "random"]
-        rename_kills = [k for k in kills if k.how == "rename"]
+        syscall_kills = [k for k in kills if k.how != "random"]
         failed = [k for k in kills if k.problems]
         total = time.monotonic() - self.started
         lines.append(f"acmebot kill campaign (seed {self.seed}), {len(kills)} runs killed or attempted "
@@ -540,14 +546,16 @@ class Campaign:
         lines.append(f"  kills done: {len(done)} "
                      f"(random {sum(k.killed for k in random_kills)} of {len(random_kills)}, "
                      f"the others ended before their instant; "
-                     f"at a rename {sum(k.killed for k in rename_kills)} of {len(rename_kills)})")
+                     f"at a syscall {sum(k.killed for k in syscall_kills)} of {len(syscall_kills)}: "
+                     + ", ".join(f"{t} {sum(k.killed for k in syscall_kills if k.how == t)}" for t in SYSCALL_KILLS)
+                     + ")")
         lines.append("  run durations (unkilled): " + ", ".join(
             f"{KIND_LABELS[k]} {d:.2f} s" for k, d in self.durations.items()))
-        for kind, (count, names, per_process) in self.renames.items():
-            lines.append(f"  renames in a {KIND_LABELS[kind]}: {count} in its busiest process "
+        for (kind, target), (count, names, per_process) in self.syscalls.items():
+            lines.append(f"  {target}s in a {KIND_LABELS[kind]}: {count} in its busiest process "
                          f"({len(per_process)} process/syscall counters: "
-                         f"{', '.join(f'{s}={c}' for (_, s), c in sorted(per_process.items()))})")
-            lines.append(f"    in order: {', '.join(names)}")
+                         f"{', '.join(f'{s}={c}' for (_, s), c in sorted(per_process.items())) or '-'})")
+            lines.append(f"    in order: {', '.join(names) or '-'}")
         if random_kills:
             bins = [0] * 10
             for k in random_kills:
@@ -558,8 +566,9 @@ class Campaign:
             of_kind = [k for k in kills if k.kind == kind]
             if of_kind:
                 lines.append(f"  {KIND_LABELS[kind]}: {len(of_kind)} kills "
-                             f"(random {sum(k.how == 'random' for k in of_kind)}, "
-                             f"rename {sum(k.how == 'rename' for k in of_kind)}), "
+                             f"(random {sum(k.how == 'random' for k in of_kind)}"
+                             + "".join(f", {t} {sum(k.how == t for k in of_kind)}" for t in SYSCALL_KILLS)
+                             + "), "
                              f"{sum(bool(k.problems) for k in of_kind)} failed")
         state = collections.Counter(
             "nothing changed yet" if k.changed_at_kill == 0 else "files changed" for k in done)
@@ -577,7 +586,7 @@ class Campaign:
             lines.append(f"    {len(entries)}x {problem}")
             lines.append(f"       first: {k.label}; also: "
                          + (", ".join(f"#{e[0].number} {e[0].how} {e[0].kind}"
-                                      + (f" N={int(e[0].at)}" if e[0].how == "rename" else "")
+                                      + (f" N={int(e[0].at)}" if e[0].how != "random" else "")
                                       for e in entries[1:8]) or "-")
                          + (" ..." if len(entries) > 8 else ""))
         return "\n".join(lines)
@@ -587,11 +596,12 @@ class CampaignError(RuntimeError):
     """The campaign itself could not go on (a run without a kill failed)."""
 
 
-def rename_gaps(campaign, count=None):
-    """The (kind, N) renames to kill at: every rename of every kind, or `count` of them
-    evenly spaced over that list from a random offset (the seed decides; over many
-    campaigns every gap is hit)."""
-    gaps = [(kind, n) for kind in KINDS for n in range(1, campaign.renames[kind][0] + 1)]
+def syscall_gaps(campaign, count=None):
+    """The (kind, syscall, N) to kill at: every rename and link of every kind, or `count`
+    of them evenly spaced over that list from a random offset (the seed decides; over
+    many campaigns every gap is hit)."""
+    gaps = [(kind, target, n) for (kind, target), (total, _, _) in campaign.syscalls.items()
+            for n in range(1, total + 1)]
     if count is None or count >= len(gaps):
         return gaps
     step = len(gaps) / count
@@ -599,17 +609,17 @@ def rename_gaps(campaign, count=None):
     return [gaps[int(offset + i * step)] for i in range(count)]
 
 
-def run_campaign(campaign, kills, rename_kills=None):
+def run_campaign(campaign, kills, syscall_kills=None):
     """Set-up, then `kills` random kills (kinds alternated), then the kills at renames
-    (rename_gaps)."""
+    and links (syscall_gaps)."""
     campaign.setup()
     for kind in KINDS:
-        campaign.count_renames(kind)
+        campaign.count_syscalls(kind)
     kinds = list(KINDS)
     for i in range(kills):
         campaign.random_kill(kinds[i % len(kinds)])
-    for kind, n in rename_gaps(campaign, rename_kills):
-        campaign.rename_kill(kind, n)
+    for kind, target, n in syscall_gaps(campaign, syscall_kills):
+        campaign.syscall_kill(kind, target, n)
     return campaign
 
 
@@ -617,9 +627,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=200, help="random kills (default 200)")
-    parser.add_argument("--rename-kills", type=int, default=None,
-                        help="kills at renames, evenly spaced over every kind's renames (default: "
-                             "every rename of every kind)")
+    parser.add_argument("--syscall-kills", type=int, default=None,
+                        help="kills at a rename or link, evenly spaced over all of them in every kind "
+                             "of run (default: at every rename and every link)")
     parser.add_argument("--fresh-authorizations", action="store_true",
                         help="a pebble of the campaign's own with PEBBLE_AUTHZREUSE=0: every run answers "
                              "dns-01 and http-01 challenges (runs take longer)")
@@ -654,7 +664,7 @@ def main(argv=None):
             pebble = lab.start_pebble("kills", extra_env={"PEBBLE_AUTHZREUSE": "0"}) \
                 if args.fresh_authorizations else None
             campaign = Campaign(lab, root / "run", seed=seed, pebble=pebble, log=log)
-            run_campaign(campaign, args.kills, args.rename_kills)
+            run_campaign(campaign, args.kills, args.syscall_kills)
             print(campaign.figures())
             return 1 if any(k.problems for k in campaign.kills) else 0
     except (LabError, CampaignError) as error:

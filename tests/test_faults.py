@@ -2,9 +2,9 @@
 the archive on another filesystem than the files it keeps, a DNS server that is down, a TSIG
 key that the server rejects, and challenge records that never reach the name servers.
 
-Every fault: a clear one-line error, the right exit code (5 files, 4 DNS), every file that
-was installed before left byte for byte (and mtime) as it was, and the next run, with the
-fault removed, exits 0 with consistent files.
+Every fault: a clear one-line error, the right exit code (5 files, 4 DNS), every file left
+byte for byte as it was (installed files not even rewritten: same mtime), no temp file, and
+the next run, with the fault removed, exits 0 with consistent files.
 
 Filesystem faults are made in a private mount namespace (mountns.py: a holder process made
 by `unshare --mount --propagation private`; acmebot runs in it through nsenter and the test
@@ -23,10 +23,9 @@ import dns.query
 import pytest
 
 from conftest import make_config, run_acmebot
-from lab import Server, free_port, named_options, tsig_key_text
+from lab import Server, deep_merge, free_port, named_options, tsig_key_text
 from mountns import MountNamespace
-from test_issue import (KEY_TYPES, assert_clean, assert_no_challenge_records, assert_ok, check_issued, default_paths,
-                        snapshot)
+from test_issue import assert_clean, assert_no_challenge_records, assert_ok, check_issued, default_paths, snapshot
 
 # Written by every run, whatever happens: the result of the run, for --status.
 RUN_RECORDS = ("resource/status.json",)
@@ -47,14 +46,7 @@ def fault_config(tmp_path, lab, name, overrides=None):
     base = {"settings": {"key_size": 0},
             "directories": {"temp": None},
             "certificates": {name: {}}}
-    return make_config(tmp_path, lab, _merge(base, overrides or {}))
-
-
-def _merge(base, overrides):
-    out = dict(base)
-    for key, value in overrides.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+    return make_config(tmp_path, lab, deep_merge(base, overrides or {}))
 
 
 def assert_fails(result, code, *needles):
@@ -235,7 +227,7 @@ def _dns_fault(lab, tmp_path, host, fault, code, needles):
     assert_ok(run_acmebot(fault_config(tmp_path, lab, name)))
     before = snapshot(tmp_path)
 
-    config = fault_config(tmp_path, lab, name, _merge(alt_names, fault))
+    config = fault_config(tmp_path, lab, name, deep_merge(alt_names, fault))
     result = run_acmebot(config)
     assert_fails(result, code, *needles)
     after = snapshot(tmp_path)
