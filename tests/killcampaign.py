@@ -570,11 +570,15 @@ class Campaign:
                              + "".join(f", {t} {sum(k.how == t for k in of_kind)}" for t in SYSCALL_KILLS)
                              + "), "
                              f"{sum(bool(k.problems) for k in of_kind)} failed")
-        state = collections.Counter(
-            "nothing changed yet" if k.changed_at_kill == 0 else "files changed" for k in done)
-        lines.append(f"  on disk right after a kill (outside archive, temps, journal): {dict(state)}; "
-                     f"temp files left by {sum(k.temps_at_kill > 0 for k in done)} kills, "
-                     f"a journal by {sum(k.journals_at_kill > 0 for k in done)}")
+        for label, group in (("random", [k for k in done if k.how == "random"]),
+                             ("syscall", [k for k in done if k.how != "random"])):
+            if group:
+                lines.append(
+                    f"  right after a {label} kill: nothing changed yet (outside archive, temp files and "
+                    f"journal) {sum(k.changed_at_kill == 0 for k in group)}, files changed "
+                    f"{sum(k.changed_at_kill > 0 for k in group)}; temp files left by "
+                    f"{sum(k.temps_at_kill > 0 for k in group)}, a journal by "
+                    f"{sum(k.journals_at_kill > 0 for k in group)}")
         lines.append(f"  recoveries OK: {len(kills) - len(failed)} of {len(kills)}; failures: {len(failed)}"
                      + (f" (directories reset {self.resets} times to go on)" if self.resets else ""))
         grouped = collections.defaultdict(list)
