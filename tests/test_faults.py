@@ -120,12 +120,42 @@ def test_disk_full(lab, tmp_path, mountns):
     paths = dict(default_paths(root, name, "ecdsa"), certificate=root / "small/certificate" / f"{name}.ecdsa.pem",
                  chain=root / "small/chain" / f"{name}_chain.ecdsa.pem",
                  full_key=root / "small/full_key" / f"{name}_full.ecdsa.key")
+    _renews(lab, run, config, root, paths, name, root / "small/archive")
+
+
+def _renews(lab, run, config, root, paths, name, archive):
+    """--renew works: a new, consistent certificate; the old one in the archive."""
     old = paths["certificate"].read_bytes()
     assert_ok(run(config, "--renew"))
     check_issued(lab, paths, "ecdsa", [name])
     assert paths["certificate"].read_bytes() != old
-    assert old in {p.read_bytes() for p in (root / "small/archive").rglob("*") if p.is_file()}
+    assert old in {p.read_bytes() for p in archive.rglob("*") if p.is_file()}
     assert_no_temp_files(root)
+
+
+def test_state_directory_full(lab, tmp_path, mountns):
+    """directories.resource (account, key state, where the transaction's journal goes)
+    is a small tmpfs that is full: --renew fails with exit 5 naming it and ENOSPC, and no
+    certificate is replaced (a transaction that cannot record itself must not start);
+    with space again it renews."""
+    name = "enospc-state.example.test"
+    resource = tmp_path / "resource"
+    mountns.mount_tmpfs(resource, "200k")
+    config = fault_config(tmp_path, lab, name)
+    run = functools.partial(run_acmebot, wrapper=mountns.wrapper)
+    assert_ok(run(config))
+    root = mountns.path(tmp_path)
+    filler = mountns.path(resource) / "filler"
+    fill(filler)
+    before = snapshot(root)
+
+    result = run(config, "--renew")
+    assert_fails(result, 5, str(resource), "No space left on device")
+    assert_untouched(before, snapshot(root))
+    assert_no_temp_files(root)
+
+    filler.unlink()
+    _renews(lab, run, config, root, default_paths(root, name, "ecdsa"), name, root / "archive")
 
 
 def _read_only_bind(mountns, path):
