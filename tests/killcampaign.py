@@ -240,7 +240,7 @@ class Campaign:
 
     @staticmethod
     def by_directory(paths):
-        """'tmp/.acmebot-* (8), certs/x.pem.acmebot-restore': leftovers, short."""
+        """Leftover temp files, short: 'tmp/*.acmebot-* (8), certs/*.acmebot-* (1)'."""
         groups = collections.Counter(str(Path(p).parent) for p in paths)
         return ", ".join(f"{d}/*{TEMP_MARK}* ({n})" for d, n in sorted(groups.items()))
 
