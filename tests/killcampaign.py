@@ -608,6 +608,8 @@ def syscall_gaps(campaign, count=None):
             for n in range(1, total + 1)]
     if count is None or count >= len(gaps):
         return gaps
+    if count <= 0:
+        return []
     step = len(gaps) / count
     offset = campaign.rng.uniform(0, step)
     return [gaps[int(offset + i * step)] for i in range(count)]
