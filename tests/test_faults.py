@@ -1,6 +1,7 @@
-"""Real faults under acmebot (no mocks): a full disk, a directory that cannot be written,
-the archive on another filesystem than the files it keeps, a DNS server that is down, a TSIG
-key that the server rejects, and challenge records that never reach the name servers.
+"""Real faults under acmebot (no mocks): a full disk (where the certificates go, where the
+state and the journal go), a directory that cannot be written, the archive on another
+filesystem than the files it keeps, a DNS server that is down, a TSIG key that the server
+rejects, and challenge records that never reach the name servers.
 
 Every fault: a clear one-line error, the right exit code (5 files, 4 DNS), every file left
 byte for byte as it was (installed files not even rewritten: same mtime), no temp file, and
