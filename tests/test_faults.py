@@ -70,9 +70,11 @@ def assert_untouched(before, after):
     for record in RUN_RECORDS:
         before.pop(record, None)
         after.pop(record, None)
-    assert sorted(after) == sorted(before)
-    assert [p for p in before if after[p][1:] != before[p][1:]] == []
-    assert [p for p in before if not p.startswith("resource/") and after[p] != before[p]] == []
+    added = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    changed = sorted(p for p in set(before) & set(after)
+                     if after[p][1:] != before[p][1:] or not p.startswith("resource/") and after[p] != before[p])
+    assert {"added": added, "removed": removed, "changed": changed} == {"added": [], "removed": [], "changed": []}
 
 
 def assert_no_temp_files(root):
