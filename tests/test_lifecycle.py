@@ -409,3 +409,22 @@ def test_orders_go_in_batches_and_later_key_types_reuse_authorizations(lab, tmp_
     for name in names:
         for key_type in ("rsa", "ecdsa"):
             check_issued(lab, default_paths(tmp_path, name, key_type), key_type, [name, "www." + name])
+
+
+def test_a_second_key_type_waits_for_the_first_and_reuses_its_authorizations(lab, tmp_path):
+    """Without any batch limit, rsa and ecdsa of one certificate go in two
+    waves: each name is validated once (pebble reuses valid authorizations,
+    never pending ones), and a certificate with one key type is in the first."""
+    lab.add_hosts("example.test", "wave1", "www.wave1", "wave2")
+    config = make_config(tmp_path, lab, {"certificates": {
+        "wave1.example.test": {"alt_names": {"example.test": ["wave1", "www.wave1"]}},
+        "wave2.example.test": {"key_types": ["ecdsa"]}}})
+    result = run_acmebot(config, "--verbose")
+    assert_ok(result)
+    assert "batch 1 of 2 (2 orders)" in result.stdout and "batch 2 of 2 (1 orders)" in result.stdout
+    assert result.stdout.count("answering 3 challenges") == 1
+    assert "answering" not in result.stdout.split("batch 2 of 2")[1]
+    for key_type in ("rsa", "ecdsa"):
+        check_issued(lab, default_paths(tmp_path, "wave1.example.test", key_type), key_type,
+                     ["wave1.example.test", "www.wave1.example.test"])
+    check_issued(lab, default_paths(tmp_path, "wave2.example.test", "ecdsa"), "ecdsa", ["wave2.example.test"])
