@@ -1,7 +1,7 @@
 """acme2certifier on loopback: a real ACME server with ARI (RFC 9773) and profiles.
 
 acme2certifier (PyPI `acme2certifier`) lives in its own virtualenv, found through
-$ACMEBOT_A2C_PYTHON or /opt/acmebot-test/a2c-venv/bin/python (.ci/run installs it there).
+$ACMEBOT_A2C_PYTHON or /opt/acmebot-test/a2c-venv/bin/python (tests/install-deps, run by ./demo and .ci/run, installs it there).
 Its WSGI application runs in a subprocess of that python under wsgiref on
 http://127.0.0.1:<free port>, with a sqlite database and the openssl CA handler signing
 with a throwaway root + issuing CA made here.  Challenge validation is disabled

@@ -22,7 +22,7 @@ def pytest_configure(config):
     missing = [name for name in REQUIRED_BINARIES if shutil.which(name) is None]
     if missing:
         pytest.exit(f"required program(s) not found: {', '.join(missing)} "
-                    f"(install the Debian packages named in .ci/run)", returncode=3)
+                    f"(sudo tests/install-deps installs them, as ./demo and .ci/run do)", returncode=3)
     error = isolate_network()
     if error:
         pytest.exit(f"cannot isolate the tests on loopback: {error}", returncode=3)

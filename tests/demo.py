@@ -164,7 +164,7 @@ def main():
     missing = [name for name in REQUIRED_BINARIES if shutil.which(name) is None]
     if missing:
         print(f"demo: required program(s) not found: {', '.join(missing)} "
-              "(./demo installs them; see .ci/run)", file=sys.stderr)
+              "(./demo installs them: tests/install-deps)", file=sys.stderr)
         return 3
     error = isolate_network()
     if error:

@@ -19,7 +19,7 @@ SYSCALL_KILLS = 14
 
 
 def test_kill_campaign(lab, tmp_path):
-    assert shutil.which("strace"), "strace is required (Debian package strace, see .ci/run)"
+    assert shutil.which("strace"), "strace is required (Debian package strace: sudo tests/install-deps)"
     seed = random.randrange(1 << 32)
     lines = []
     campaign = Campaign(lab, tmp_path, prefix="kct", seed=seed, log=lines.append)
