@@ -88,13 +88,19 @@ def test_ari_window_now_renews_with_replaces(lab, tmp_path):
 
 def test_ari_failure_falls_back_to_the_days_rule_with_a_warning(lab, a2c, tmp_path):
     # a certificate from pebble, then the config moves to acme2certifier, which does
-    # not know it: renewalInfo answers 404
+    # not know it: renewalInfo answers 404.  A change of CA reissues every certificate
+    # whose key state records the CA that issued it; a state from before that record
+    # (removed here) keeps its certificate, and asks the new CA about it.
     lab.add_hosts("example.test", "ari3")
     name = "ari3.example.test"
     config = make_config(tmp_path, lab, {"settings": {"key_size": 0}, "certificates": {name: {}}})
     assert_ok(run_acmebot(config))
     serial = x509.load_pem_x509_certificate(
         Path(default_paths(tmp_path, name, "ecdsa")["certificate"]).read_bytes()).serial_number
+    key_state = tmp_path / "resource" / "keys" / f"{name}.json"
+    state = json.loads(key_state.read_text())
+    del state["directory"]
+    key_state.write_text(json.dumps(state))
     raw = json.loads(config.read_text())
     raw["settings"].update({"acme_directory_url": a2c.directory_url, "acme_ca_bundle": None})
     config.write_text(json.dumps(raw))
