@@ -215,6 +215,8 @@ def test_a_change_of_ca_reissues_from_the_new_ca(lab, second_pebble, tmp_path):
         assert leaf(tmp_path, name).serial_number != first[name].serial_number
         assert key_state(tmp_path, name)["directory"] == {f"{name}/ecdsa": second_pebble.directory_url}
     assert issuer_root(second_pebble).subject != issuer_root(lab.pebble).subject
+    registration = json.loads((tmp_path / "resource" / "registration.json").read_text())
+    assert registration["directory"] == second_pebble.directory_url
     assert_second_run_changes_nothing(config_path, tmp_path)
 
 
