@@ -9,7 +9,6 @@ CA name is checked where it is resolved, at config load, in process and through
 """
 
 import json
-import os
 import stat
 from pathlib import Path
 
