@@ -1,5 +1,6 @@
 """The documentation cannot drift from the program: acmebot.example.json loads
-and lists every setting and hook, and README.rst names every command-line option.
+and lists every setting and hook, README.rst names every command-line option, and
+docs/configuration.rst (the configuration reference) documents every setting and hook.
 Fast, no root, no network: acmebot is imported in process (like test_units.py)."""
 
 import base64
@@ -18,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ACMEBOT = ROOT / "acmebot"
 EXAMPLE = ROOT / "acmebot.example.json"
 README = ROOT / "README.rst"
+REFERENCE = ROOT / "docs" / "configuration.rst"
 
 
 from test_units import GROUP, USER, ab  # acmebot imported in process once
@@ -135,9 +137,22 @@ def test_readme_keeps_the_performance_section():
 
 
 @pytest.mark.parametrize("name", sorted(ab.HOOKS))
-def test_readme_documents_every_hook_with_its_fields(name):
-    readme = README.read_text()
-    entry = re.search(rf"^``{name}``\n((?:    .*\n)+)", readme, re.M)
-    assert entry, f"README.rst has no entry for hook {name}"
+def test_reference_documents_every_hook_with_its_fields(name):
+    reference = REFERENCE.read_text()
+    entry = re.search(rf"^``{name}``\n((?:    .*\n)+)", reference, re.M)
+    assert entry, f"docs/configuration.rst has no entry for hook {name}"
     for field_name in ab.HOOKS[name]:
         assert f"``{field_name}``" in entry.group(1), f"hook {name}: field {field_name} undocumented"
+
+
+def test_reference_documents_every_setting():
+    reference = REFERENCE.read_text()
+    # an entry starts a line: ``name`` (default ...), possibly beside another one
+    entries = re.findall(r"^(``[a-z_]+``.*\(default.*)$", reference, re.M)
+    documented = {name for line in entries for name in re.findall(r"``([a-z_]+)`` \(default", line)}
+    missing = [f.name for f in dataclasses.fields(ab.Settings) if f.name not in documented]
+    assert not missing, f"docs/configuration.rst does not document the settings {', '.join(missing)}"
+
+
+def test_readme_points_to_the_reference():
+    assert "docs/configuration.rst" in README.read_text()
