@@ -67,7 +67,7 @@ HOOK_FIELDS = {   # acmebot's HOOKS, as documented
     "params_installed": ("key_name", "certificate_name", "params_file"),
     "sct_installed": ("key_name", "key_type", "certificate_name", "ct_log_name", "sct_file"),
     "ocsp_installed": ("key_name", "key_type", "certificate_name", "ocsp_file"),
-    "notify": ("certificate_name", "key_type", "not_after", "days_left", "problem"),
+    "notify": ("certificate_name", "key_type", "not_after", "days_left", "problem", "event"),
 }
 TRACES = ("issue.trace", "renew.trace", "rollover.trace")
 STRACE_CALLS = ("openat,open,creat,chmod,fchmod,fchmodat,mkdir,mkdirat,rename,renameat,renameat2,"
