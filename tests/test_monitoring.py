@@ -53,7 +53,7 @@ def check(config, *args):
 # -- --check ---------------------------------------------------------------------------------------
 
 PERF = re.compile(r"^ACMEBOT (OK|WARNING|CRITICAL|UNKNOWN) - (.+) \| certificates=(\d+) ok=(\d+) warning=(\d+) "
-                  r"critical=(\d+) unknown=(\d+)( min_days_left=-?[0-9.]+;;[0-9.]+)?$")
+                  r"critical=(\d+) unknown=(\d+)( min_days_left=-?[0-9.]+;;[0-9.]+:)?$")
 
 
 def test_check_exit_codes_for_each_state(lab, short_pebble, tmp_path):
@@ -88,7 +88,7 @@ def test_check_exit_codes_for_each_state(lab, short_pebble, tmp_path):
     assert code == 0, lines
     match = PERF.match(lines[0])
     assert match and match.group(1) == "OK" and match.group(2) == "1 certificate valid", lines[0]
-    assert match.groups()[2:7] == ("1", "1", "0", "0", "0") and match.group(8).endswith(";;7")
+    assert match.groups()[2:7] == ("1", "1", "0", "0", "0") and match.group(8).endswith(";;7:")
     assert lines[1].startswith(f"OK: {ok} (ecdsa): valid until ") and len(lines) == 2
 
     expected = {roll: (1, "1 rollover due", "private key rollover due"),
@@ -144,9 +144,9 @@ def test_check_report_table():
     settings = ab.Settings()
     cases = [
         ([row()], [], 0, "ACMEBOT OK - 1 certificate valid | certificates=1 ok=1 warning=0 critical=0 unknown=0 "
-                         "min_days_left=50;;7"),
+                         "min_days_left=50;;7:"),
         ([row(renewal_due=True)], [], 1, "ACMEBOT WARNING - 1 due | certificates=1 ok=0 warning=1 critical=0 "
-                                         "unknown=0 min_days_left=50;;7"),
+                                         "unknown=0 min_days_left=50;;7:"),
         ([row(days_left=3.5, renewal_due=True, expiry_notice=True)], [], 2, "ACMEBOT CRITICAL - 1 expiring |"),
         ([row(renewal_due=True), row(unreadable="cannot read the certificate file /x")], [], 3,
          "ACMEBOT UNKNOWN - 1 unreadable, 1 due |"),
