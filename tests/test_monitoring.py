@@ -189,6 +189,28 @@ def read_metrics(path):
     return out
 
 
+def test_metrics_text_escapes_labels_and_keeps_the_last_success():
+    rows = [row(certificate='we"ird\\name'), row(certificate="gone", state="missing", renewal_due=True,
+                                                   not_after=None, last_run={"result": "failed"})]
+    run = {"acmebot_last_run_timestamp_seconds": 2000.5, "acmebot_last_run_exit_code": 3,
+           "acmebot_last_run_duration_seconds": 1.25, "acmebot_last_run_failures": 1}
+    previous = "acmebot_last_success_timestamp_seconds 1000\n"
+    text = ab.metrics_text(rows, dict(run), previous)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    samples = {(s.name, s.labels.get("certificate")): s.value for f in families.values() for s in f.samples}
+    assert samples[("acmebot_certificate_present", 'we"ird\\name')] == 1
+    assert samples[("acmebot_certificate_present", "gone")] == 0
+    assert ("acmebot_certificate_not_after_timestamp_seconds", "gone") not in samples
+    assert samples[("acmebot_certificate_last_run_failed", "gone")] == 1
+    assert samples[("acmebot_last_success_timestamp_seconds", None)] == 1000
+    assert samples[("acmebot_last_run_duration_seconds", None)] == 1.25
+    assert 'certificate="we\\"ird\\\\name"' in text
+    # a successful run is its own last success; with no earlier one and a failure, none
+    ok = ab.metrics_text(rows, dict(run, acmebot_last_run_exit_code=0), previous)
+    assert "acmebot_last_success_timestamp_seconds 2000.5\n" in ok
+    assert "acmebot_last_success_timestamp_seconds" not in ab.metrics_text(rows, dict(run), "")
+
+
 def test_metrics_file_after_every_run(lab, tmp_path):
     lab.add_hosts("example.test", "met1", "met2")
     good, bad = "met1.example.test", "met2.example.test"
