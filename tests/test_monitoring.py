@@ -451,6 +451,8 @@ def test_expiry_notified_once_per_day_left(lab, short_pebble, tmp_path):
     set_url(config, short_pebble.directory_url)
     assert_ok(run_acmebot(config))
     assert [call["event"] for call in hook_calls(record)][len(calls):] == ["recovered"]
+    assert_ok(run_acmebot(config))                    # renewed or not yet due: fine, nothing to tell
+    assert len(hook_calls(record)) == len(calls) + 1
 
 
 def test_notify_urls_config_errors(lab, tmp_path):
