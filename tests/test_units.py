@@ -176,7 +176,7 @@ def test_directory_fields_are_expanded():
     ({"settings": {"file_group": "no-such-group-here"}}, "settings.file_group: no such group"),
     ({"settings": {"dhparam_size": 1536}}, "certificates.example.com.dhparam_size: must be one of 2048"),
     ({"settings": {"acme_directory_url": "ftp://x"}}, "settings.acme_directory_url: must be an http"),
-    ({"settings": {"renewal_days": -1}}, "settings.renewal_days: must be an integer >= 0"),
+    ({"settings": {"renewal_days": -1}}, "settings.renewal_days: must be an integer from 0 to 3650"),
     ({"settings": {"follower_mode": "yes"}}, "settings.follower_mode: must be true or false"),
     ({"directories": {"certificate": "/x/{nme}"}}, "directories.certificate: unknown field {nme}"),
     ({"directories": {"archive": None}}, "directories.archive: cannot be null"),
