@@ -17,6 +17,7 @@ ACMEBOT_FUZZ_CASES=20000 runs more cases, ACMEBOT_FUZZ_SEED=N another series;
 a failure prints the seed of its case (ACMEBOT_FUZZ_ONLY=<seed> runs that one).
 """
 
+import base64
 import contextlib
 import copy
 import io
@@ -26,6 +27,7 @@ import random
 import re
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -391,6 +393,15 @@ def check_case(config_path, seed, what):
     return "accepted"
 
 
+def write_fuzz_key(case_dir):
+    """The base config's TSIG key (its route is checked before a run contacts the CA)."""
+    keys = Path(case_dir) / "keys"
+    keys.mkdir(parents=True, exist_ok=True)
+    secret = base64.b64encode(b"fuzz tsig secret, 32 bytes long!").decode()
+    (keys / "example.fuzz.key").write_text(
+        f'key "update.example.fuzz" {{ algorithm hmac-sha256; secret "{secret}"; }};\n')
+
+
 def test_config_fuzz(lab, tmp_path, monkeypatch):
     """FUZZ_CASES mutated configs, each must be refused with places named or run cleanly."""
     monkeypatch.setenv("ACMEBOT_PASSPHRASE", "fuzz passphrase")
@@ -407,6 +418,7 @@ def test_config_fuzz(lab, tmp_path, monkeypatch):
         # would be starred out of this case's messages
         monkeypatch.setattr(ab, "REDACTOR", ab.Redactor())
         rng = random.Random(seed)
+        write_fuzz_key(case_dir)
         config = fuzz_base_config(case_dir, ca_port, lab.dns_port)
         what = mutate(config, rng, case_dir)
         config_path = conf_dir / "acmebot.json"
@@ -431,6 +443,7 @@ def test_unmutated_fuzz_config_is_accepted_and_runs(lab, tmp_path, monkeypatch):
     conf_dir = tmp_path / "conf"
     conf_dir.mkdir()
     config_path = conf_dir / "acmebot.json"
+    write_fuzz_key(tmp_path)
     config_path.write_text(_dump(fuzz_base_config(tmp_path, free_port(), lab.dns_port)))
     code, out, err = run_in_process(config_path)
     assert code in (3, 4), out + err        # the CA cannot be reached; the TLSA lookups are refused
