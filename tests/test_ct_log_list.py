@@ -232,6 +232,28 @@ def test_list_url_is_cached_and_a_failed_fetch_falls_back_to_the_cache(lab, tmp_
     assert len(log2.submissions) == count
 
 
+@pytest.mark.parametrize("body,reason", [
+    (b"<html>maintenance</html>", "not valid JSON"),
+    ("BADLOG", "operators[0].logs[0].log_id: is not the SHA-256 of the key"),
+    (b"[" + b" " * (5 << 20) + b"]", "larger than"),
+], ids=["not-json", "bad-log", "too-big"])
+def test_a_bad_download_is_a_failed_fetch_not_a_failed_run(lab, tmp_path, ct_log, list_server, body, reason):
+    """The list at a URL is not the admin's file: a bad one is a warning naming the URL
+    and what is wrong, is not cached, and the run goes on (here with the built-in logs)."""
+    if body == "BADLOG":
+        body = json.dumps(log_list([dict(tern_2000(ct_log), log_id=ct_log.logs["log2"].log_id_b64)])).encode()
+    list_server.body = body
+    host, name = host_cert(lab, "ctldl")
+    config = list_config(tmp_path, lab, host, name, list_server.url)
+    result = run_acmebot(config)
+    warnings = assert_warned_ok(result)
+    assert len(warnings) == 2, warnings
+    assert any(list_server.url in w and reason in w and "built-in" in w for w in warnings), warnings
+    assert any(TERN in w and name in w for w in warnings), warnings
+    assert not (tmp_path / "resource" / "ct_log_list.json").exists()
+    assert all(log.requests == 0 for log in ct_log.logs.values())
+
+
 # -- errors -------------------------------------------------------------------------------------------------
 
 def _bad_lists(ct_log):

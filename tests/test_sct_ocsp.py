@@ -325,7 +325,7 @@ def test_sct_sharded_log_uses_the_shard_holding_not_after(lab, tmp_path, ct_log)
     assert again.stdout == ""
     verbose = run_acmebot(config, "--sct", "--verbose")
     assert_ok(verbose)
-    assert any("gap" in line and name in line and "warned before" in line for line in verbose.stdout.splitlines())
+    assert any("gap" in line and name in line and "said before" in line for line in verbose.stdout.splitlines())
     assert len(submissions_of(log2, [der(leaf)])) == 1
 
 
