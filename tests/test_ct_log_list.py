@@ -254,6 +254,18 @@ def test_a_bad_download_is_a_failed_fetch_not_a_failed_run(lab, tmp_path, ct_log
     assert all(log.requests == 0 for log in ct_log.logs.values())
 
 
+def test_a_list_url_that_drops_a_named_log_is_a_warning_not_a_stopped_run(lab, tmp_path, ct_log, list_server):
+    """A list file is the admin's: naming a log it lacks is a configuration error (see
+    test_setting_errors).  A list at a URL changes by itself: renewals go on, with a warning."""
+    host, name = host_cert(lab, "ctldrop")
+    config = list_config(tmp_path, lab, host, name, list_server.url, logs=(TERN, "loopback_logs_gone"))
+    result = run_acmebot(config)
+    warnings = assert_warned_ok(result)
+    assert len(warnings) == 1 and "loopback_logs_gone" in warnings[0] and list_server.url in warnings[0], warnings
+    assert f"Issued certificate {name} (ecdsa)" in result.stdout
+    check_sct(sct_file(tmp_path, name, "ecdsa", TERN), leaf_of(tmp_path, name), ct_log.logs["log2"])
+
+
 # -- errors -------------------------------------------------------------------------------------------------
 
 def _bad_lists(ct_log):
