@@ -50,7 +50,7 @@ def resolver53(lab):
 def persist_ca(lab, resolver53, tmp_path_factory):
     """acme2certifier offering dns-persist-01 (wildcards allowed) and validating it."""
     require_a2c_python()
-    return start_a2c(tmp_path_factory.mktemp("a2c-persist"), name="a2c-persist", extra_config={
+    return start_a2c(tmp_path_factory.mktemp("a2c-persist"), name="a2c-persist", debug=True, extra_config={
         "DEFAULT": {"dns_server_list": [resolver53]},
         "Directory": {"caaidentities": [ISSUER]},
         "Challenge": {"challenge_validation_disable": False, "dns_persist_01_support": True,
@@ -109,7 +109,10 @@ def test_record_published_once_then_renewals_change_no_dns(lab, persist_ca, tmp_
     # both authorizations (the name and its wildcard) answered by dns-persist-01 with {}
     posts = challenge_posts(persist_ca, since)
     assert posts and all(kind == "dns-persist-01" and payload == {} for kind, payload in posts), posts
-    # a2c's validator read the record and accepted it
+    # a2c's validator read the record through the resolver and accepted it
+    validator_log = persist_ca.log_path.read_text()
+    assert f"_parse_issue_value(): Parsed record with issuer: {ISSUER} and params: " in validator_log
+    assert f"'accounturi': '{uri}', 'policy': 'wildcard'" in validator_log
     assert persist_ca.db_rows("SELECT COUNT(*) AS n FROM challenge WHERE type = 'dns-persist-01' "
                               "AND status_id = (SELECT id FROM status WHERE name = 'valid')")[0]["n"] >= 2
     assert Path(default_paths(tmp_path, name, "ecdsa")["certificate"]).exists()    # key_size 0: no RSA
@@ -177,3 +180,38 @@ def test_config_errors(lab, tmp_path, section, message):
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_issuer_the_ca_does_not_accept_is_refused_before_answering(lab, persist_ca, tmp_path):
+    """The record names dns_persist.issuer_domain_name; a CA whose challenge accepts
+    other issuer domain names gets no answer, and the message says what to set."""
+    lab.add_hosts("example.test", "persist3")
+    name = "persist3.example.test"
+    config = persist_config(tmp_path, lab, persist_ca, {name: {}},
+                            {"zones": ["example.test"], "issuer_domain_name": "other-ca.example.test"})
+    since = len(persist_ca.requests)
+    result = run_acmebot(config)
+    assert_clean(result)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert (f"the CA's dns-persist-01 challenge accepts the issuer domain names '{ISSUER}', "
+            "not other-ca.example.test: set dns_persist.issuer_domain_name") in result.stderr
+    assert challenge_posts(persist_ca, since) == []
+    uri = account_uri(tmp_path)
+    assert lab.txt(f"_validation-persist.{name}") == [f"other-ca.example.test; accounturi={uri}"]
+    assert not Path(default_paths(tmp_path, name, "ecdsa")["certificate"]).exists()
+
+
+@pytest.mark.parametrize("text, wildcard, expected", [
+    ("ca.test; accounturi=https://ca/acct/1", False, True),
+    ("CA.test. ;AccountURI=https://ca/acct/1 ; policy=Wildcard", True, True),
+    ("ca.test; accounturi=https://ca/acct/1", True, False),          # no policy=wildcard
+    ("ca.test; accounturi=https://ca/acct/2", False, False),         # another account
+    ("other.test; accounturi=https://ca/acct/1", False, False),      # another CA
+    ("ca.test; accounturi=https://ca/acct/1; junk", False, False),   # malformed parameter
+    ("ca.test; accounturi=https://ca/acct/1; persistUntil=1", False, False),    # expired
+    ("ca.test; accounturi=https://ca/acct/1; persistuntil=99999999999", False, True),
+    ("accounturi=https://ca/acct/1", False, False),                  # no issuer
+])
+def test_record_matching_follows_the_draft(text, wildcard, expected):
+    from test_units import ab
+    assert ab.persist_record_matches(text, "ca.test", "https://ca/acct/1", wildcard) is expected
