@@ -9,6 +9,7 @@ BIND listens on 127.0.0.1:53 of the test network namespace and forwards the lab'
 zones to the lab's authoritative BIND."""
 
 import json
+import shutil
 from pathlib import Path
 
 import dns.message
@@ -215,3 +216,37 @@ def test_issuer_the_ca_does_not_accept_is_refused_before_answering(lab, persist_
 def test_record_matching_follows_the_draft(text, wildcard, expected):
     from test_units import ab
     assert ab.persist_record_matches(text, "ca.test", "https://ca/acct/1", wildcard) is expected
+
+
+def test_follower_answers_dns_persist_with_the_masters_record(lab, persist_ca, tmp_path):
+    """The master publishes the record for the names of its authorizations; a follower
+    (no update key, the master's account) answers its own fresh authorizations -- a2c
+    reuses none -- by dns-persist-01, with no DNS change."""
+    lab.add_hosts("example.test", "pfollow")
+    name = "pfollow.example.test"
+    master_dir, follower_dir = tmp_path / "master", tmp_path / "follower"
+    master_dir.mkdir()
+    follower_dir.mkdir()
+    master = persist_config(master_dir, lab, persist_ca, {})
+    raw = json.loads(master.read_text())
+    raw.pop("certificates")
+    raw["authorizations"] = {"example.test": ["pfollow"]}
+    master.write_text(json.dumps(raw))
+    assert_ok(run_acmebot(master))
+    uri = account_uri(master_dir)
+    assert lab.txt(f"_validation-persist.{name}") == [f"{ISSUER}; accounturi={uri}"]
+
+    follower = persist_config(follower_dir, lab, persist_ca, {name: {}})
+    raw = json.loads(follower.read_text())
+    raw.pop("zone_update_keys")
+    raw["settings"].update({"follower_mode": True, "reload_zone_command": None})
+    follower.write_text(json.dumps(raw))
+    shutil.copytree(master_dir / "resource", follower_dir / "resource", dirs_exist_ok=True)
+    serial = soa_serial(lab)
+    since = len(persist_ca.requests)
+    result = run_acmebot(follower, "--detail")
+    assert_ok(result)
+    assert Path(default_paths(follower_dir, name, "ecdsa")["certificate"]).exists()
+    posts = challenge_posts(persist_ca, since)
+    assert [kind for kind, _ in posts] == ["dns-persist-01"] and posts[0][1] == {}
+    assert soa_serial(lab) == serial and "DNS UPDATE" not in result.stdout
