@@ -98,7 +98,8 @@ def challenge_posts(server, since):
 def test_record_published_once_then_renewals_change_no_dns(lab, persist_ca, tmp_path):
     lab.add_hosts("example.test", "persist1")
     name = "persist1.example.test"
-    config = persist_config(tmp_path, lab, persist_ca, {name: {"alt_names": {"example.test": ["persist1", "*.persist1"]}}})
+    config = persist_config(tmp_path, lab, persist_ca,
+                            {name: {"alt_names": {"example.test": ["persist1", "*.persist1"]}}})
     since = len(persist_ca.requests)
     first = run_acmebot(config, "--verbose")
     assert_ok(first)
