@@ -251,3 +251,27 @@ def test_follower_answers_dns_persist_with_the_masters_record(lab, persist_ca, t
     posts = challenge_posts(persist_ca, since)
     assert [kind for kind, _ in posts] == ["dns-persist-01"] and posts[0][1] == {}
     assert soa_serial(lab) == serial and "DNS UPDATE" not in result.stdout
+
+
+def test_ca_without_dns_persist_says_so(lab, tmp_path):
+    """pebble 2.4 offers no dns-persist-01 (and names no caaIdentities): without an
+    issuer_domain_name nothing is ordered; with one, the order's authorization is
+    refused with a message naming what the CA offers."""
+    lab.add_hosts("example.test", "persist4")
+    name = "persist4.example.test"
+    config = make_config(tmp_path, lab, {"certificates": {name: {}}, "dns_persist": {"zones": ["example.test"]}})
+    result = run_acmebot(config)
+    assert_clean(result)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "the CA's directory names no caaIdentities" in result.stderr
+    assert "set dns_persist.issuer_domain_name" in result.stderr
+    assert lab.txt(f"_validation-persist.{name}") == []
+
+    config = make_config(tmp_path, lab, {"certificates": {name: {}},
+                                         "dns_persist": {"zones": ["example.test"], "issuer_domain_name": ISSUER}})
+    result = run_acmebot(config)
+    assert_clean(result)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "the CA offers no dns-persist-01 challenge for it (only " in result.stderr
+    assert "remove its zone from dns_persist.zones" in result.stderr
+    assert lab.txt(f"_acme-challenge.{name}") == []
