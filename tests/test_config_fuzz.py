@@ -199,7 +199,7 @@ FUZZ_ONLY = os.environ.get("ACMEBOT_FUZZ_ONLY")
 FUZZ_KEEP_GOING = os.environ.get("ACMEBOT_FUZZ_KEEP_GOING") == "1"   # for long runs: every failing seed
 TOP_LEVEL = ("config", "account", "settings", "directories", "services", "certificates", "private_keys",
              "authorizations", "http_challenges", "zone_update_keys", "key_type_suffixes", "file_names",
-             "hpkp_headers", "ct_logs", "hooks", "verify", "challenge_aliases")
+             "hpkp_headers", "ct_logs", "hooks", "verify", "challenge_aliases", "dns_providers")
 PATHY = ("directories", "http_challenges")     # absolute values there stay inside the case's directory
 
 

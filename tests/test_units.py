@@ -453,3 +453,82 @@ def test_a_failed_update_message_says_how_many_changes_went_in(monkeypatch):
     with pytest.raises(ab.ValidationError) as info:
         dns.update(None, changes)
     assert info.value.applied == ab.Dns.UPDATE_CHUNK and len(sent[0]) == ab.Dns.UPDATE_CHUNK
+
+
+# -- DNS providers (dns-lexicon) ---------------------------------------------
+
+@pytest.mark.parametrize("entry, place", [
+    ({"credentials": {"auth_token": "x"}}, "dns_providers.example.com.provider: is required"),
+    ({"provider": "Power DNS"}, "dns_providers.example.com.provider: is required: a dns-lexicon provider name"),
+    ({"provider": "powerdns", "credentials": {"auth_token": ["x"]}},
+     "dns_providers.example.com.credentials.auth_token: must be a provider option name"),
+    ({"provider": "powerdns", "credentials_env": {"auth_token": "NOT A VARIABLE"}},
+     "dns_providers.example.com.credentials_env.auth_token: must name an environment variable"),
+    ({"provider": "powerdns", "credentials_file": 3}, "dns_providers.example.com.credentials_file: must be a file name"),
+    ({"provider": "powerdns", "credential": {}},
+     "dns_providers.example.com.credential: unknown option (did you mean 'credentials'?)"),
+])
+def test_dns_provider_problems_name_their_place(entry, place):
+    with pytest.raises(ab.ConfigError) as info:
+        parse(config(dns_providers={"example.com": entry}, certificates={"example.com": {}}))
+    assert any(place in problem for problem in info.value.problems), info.value.problems
+
+
+def test_a_zone_has_one_route_only(tmp_path):
+    with pytest.raises(ab.ConfigError) as info:
+        parse(config(zone_update_keys={"example.com": "k.key"},
+                     dns_providers={"example.com": {"provider": "powerdns"}}, certificates={"example.com": {}}))
+    assert any("dns_providers.example.com: zone example.com also has a zone_update_keys entry" in p
+               for p in info.value.problems)
+
+
+def test_dns_provider_zone_found_for_names_below_it_and_credentials_redacted():
+    secret = "provider-secret-4711"
+    parsed = parse(config(dns_providers={"example.com": {"provider": "powerdns",
+                                                         "credentials": {"auth-token": secret}}},
+                          zone_update_keys={"sub.example.com": "k.key"}, certificates={"example.com": {}}))
+    where = ab.dns_zone_for(parsed, "_acme-challenge.www.example.com", "other.org")
+    assert (where.zone, where.key, where.provider.provider) == ("example.com", None, "powerdns")
+    assert ab.dns_zone_for(parsed, "a.sub.example.com", "example.com").zone == "example.com"  # configured zone first
+    assert ab.dns_zone_for(parsed, "a.sub.example.com", "x.org").key.zone == "sub.example.com"  # longest match
+    assert ab.provider_credentials(where.provider) == {"auth_token": secret}
+    assert secret not in ab.REDACTOR.redact(f"token {secret}") and secret not in repr(where.provider)
+
+
+@pytest.mark.parametrize("mode, ok", [(0o600, True), (0o400, True), (0o640, False), (0o604, False), (0o620, False)])
+def test_dns_provider_credentials_file_must_be_private(tmp_path, mode, ok):
+    path = tmp_path / "creds.json"
+    path.write_text('{"auth_token": "file-secret-1234", "pdns-server": "http://127.0.0.1:1"}')
+    path.chmod(mode)
+    parsed = parse(config(dns_providers={"example.com": {"provider": "powerdns", "credentials_file": str(path),
+                                                         "credentials": {"auth_token": "inline-1234"}}},
+                          certificates={"example.com": {}}))
+    provider = parsed.dns_providers["example.com"]
+    if ok:
+        assert ab.provider_credentials(provider) == {"auth_token": "file-secret-1234",
+                                                     "pdns_server": "http://127.0.0.1:1"}
+    else:
+        with pytest.raises(ab.ConfigError, match=f"credentials_file: {path} is open to other users"):
+            ab.provider_credentials(provider)
+
+
+def test_dns_provider_credentials_from_the_environment(monkeypatch):
+    parsed = parse(config(dns_providers={"example.com": {"provider": "powerdns",
+                                                         "credentials_env": {"auth_token": "ACMEBOT_TEST_TOKEN"}}},
+                          certificates={"example.com": {}}))
+    provider = parsed.dns_providers["example.com"]
+    monkeypatch.delenv("ACMEBOT_TEST_TOKEN", raising=False)
+    with pytest.raises(ab.ConfigError, match="credentials_env.auth_token: the environment variable "
+                                             "ACMEBOT_TEST_TOKEN is not set"):
+        ab.provider_credentials(provider)
+    monkeypatch.setenv("ACMEBOT_TEST_TOKEN", "env-secret-0815")
+    assert ab.provider_credentials(provider) == {"auth_token": "env-secret-0815"}
+    assert "env-secret-0815" not in ab.REDACTOR.redact("env-secret-0815")
+
+
+def test_dns_provider_unknown_to_lexicon_is_named_with_a_hint():
+    parsed = parse(config(dns_providers={"example.com": {"provider": "powerdsn"}}, certificates={"example.com": {}}))
+    with pytest.raises(ab.ConfigError, match="dns_providers.example.com.provider: dns-lexicon has no provider "
+                                             "'powerdsn' \\(did you mean 'powerdns'\\?\\)"):
+        ab.lexicon_provider_class(parsed.dns_providers["example.com"])
+    assert ab._provider_problems(parsed.dns_providers["example.com"])
