@@ -393,6 +393,9 @@ def check_case(config_path, seed, what):
     return "accepted"
 
 
+DEFAULT_DIRECTORIES = dict(ab.DEFAULT_DIRECTORIES)
+
+
 def write_fuzz_key(case_dir):
     """The base config's TSIG key (its route is checked before a run contacts the CA)."""
     keys = Path(case_dir) / "keys"
@@ -417,6 +420,11 @@ def test_config_fuzz(lab, tmp_path, monkeypatch):
         # a fresh process has no secrets registered yet: a passphrase of an earlier case ("cert")
         # would be starred out of this case's messages
         monkeypatch.setattr(ab, "REDACTOR", ab.Redactor())
+        # a mutation that deletes a directory brings back its default (/var/local/acmebot,
+        # /etc/ssl/...): the defaults of this process point into the case's directory
+        monkeypatch.setattr(ab, "DEFAULT_DIRECTORIES", {
+            kind: None if value is None else str(case_dir / "defaults") + value
+            for kind, value in DEFAULT_DIRECTORIES.items()})
         rng = random.Random(seed)
         write_fuzz_key(case_dir)
         config = fuzz_base_config(case_dir, ca_port, lab.dns_port)

@@ -370,7 +370,7 @@ def test_bad_tsig_key_files(tmp_path, files, message):
 # -- file transactions -----------------------------------------------------------
 
 def _txn_config(tmp_path):
-    return parse(config(directories={"archive": str(tmp_path / "archive")},
+    return parse(config(directories={"archive": str(tmp_path / "archive"), "resource": str(tmp_path / "resource")},
                         certificates={"example.com": {}}), str(tmp_path / "acmebot.json"))
 
 
