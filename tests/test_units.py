@@ -532,3 +532,16 @@ def test_dns_provider_unknown_to_lexicon_is_named_with_a_hint():
                                              "'powerdsn' \\(did you mean 'powerdns'\\?\\)"):
         ab.lexicon_provider_class(parsed.dns_providers["example.com"])
     assert ab._provider_problems(parsed.dns_providers["example.com"])
+
+
+@pytest.mark.parametrize("key_type", ab.KEY_TYPES)
+def test_the_private_binding_that_picks_signature_algorithms_is_still_there(key_type):
+    """verify offers one key type's signature algorithms through cryptography's private
+    OpenSSL binding and pyOpenSSL's private context: a release that drops either fails here,
+    loudly, before it silently breaks the per-key-type checks."""
+    from cryptography.hazmat.bindings.openssl.binding import Binding
+    from OpenSSL import SSL
+    assert hasattr(Binding.lib, "SSL_CTX_set1_sigalgs_list")
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    assert hasattr(context, "_context")
+    ab.restrict_sigalgs(context, key_type)          # raises TlsProbeError if OpenSSL refuses
