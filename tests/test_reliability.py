@@ -47,6 +47,11 @@ def files(tmp_path):
     return {k: v for k, v in snapshot(tmp_path).items() if k not in ("acmebot.json", "resource/status.json")}
 
 
+def journals(tmp_path):
+    """The journals of unfinished transactions (a journal's own temp file is not one)."""
+    return [p for p in (Path(tmp_path) / "resource" / "journal").glob("*.json") if not p.name.startswith(".")]
+
+
 def leftovers(tmp_path):
     """Temp files and journals an interrupted run left."""
     return sorted(str(p) for p in Path(tmp_path).rglob("*")
@@ -364,7 +369,7 @@ def test_a_failed_roll_back_is_finished_by_the_next_run(lab, tmp_path):
     assert_clean(result)
     assert result.returncode == 5, result.stdout + result.stderr
     assert "the next run finishes the roll-back" in result.stderr
-    assert len([p for p in (tmp_path / "resource" / "journal").glob("*.json") if not p.name.startswith(".")]) == 1
+    assert len(journals(tmp_path)) == 1
     result = run_acmebot(config, "--certs")
     assert_ok(result)
     assert "Rolled back the interrupted installation" in result.stdout
@@ -401,7 +406,7 @@ def test_temp_files_of_a_run_killed_before_its_journal_are_swept(lab, tmp_path):
     result = _strace_run(config, "signal=KILL:when=1")      # the journal's own rename
     assert result.returncode != 0
     assert leftovers(tmp_path)                               # temp files, no journal
-    assert not [p for p in (tmp_path / "resource" / "journal").glob("*.json") if not p.name.startswith(".")]
+    assert not journals(tmp_path)
     assert {k: v for k, v in files(tmp_path).items() if k in before} == before
     result = run_acmebot(config, "--certs")
     assert_ok(result)
