@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from a2c import a2c, ari_cert_id, require_a2c_python, start_a2c  # noqa: F401 (fixture)
+from lab.a2c import a2c, ari_cert_id, require_a2c_python, start_a2c  # noqa: F401 (fixture)
 from conftest import make_config, run_acmebot
 from test_issue import assert_clean, assert_ok, default_paths
 

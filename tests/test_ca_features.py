@@ -1,7 +1,7 @@
 """What acmebot does with a CA's optional features (issue #5), against real servers:
 profiles (acme2certifier), external account binding, IP address certificates
 (RFC 8738), alternate chains, account key change and deactivation, badNonce,
-503/429 with Retry-After (through tests/ca_proxy.py), and the loud expiry notice.
+503/429 with Retry-After (through tests/lab/ca_proxy.py), and the loud expiry notice.
 
 Every test has its own host names; extra pebbles are started once per session
 under names starting with "caf-".
@@ -24,14 +24,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from a2c import a2c  # noqa: F401 (fixture)
-from ca_proxy import CAProxy, problem
+from lab.a2c import a2c  # noqa: F401 (fixture)
+from lab.ca_proxy import CAProxy, problem
 from conftest import make_config, run_acmebot
 from lab import free_port
 from test_issue import (assert_clean, assert_ok, cert_blocks, challenge_dir_files, check_issued, default_paths,
                         served_challenges, snapshot, verify_chain)
 
-HOOK = Path(__file__).resolve().parent / "hook_record.py"
+HOOK = Path(__file__).resolve().parent / "lab" / "hook_record.py"
 
 
 # -- helpers -----------------------------------------------------------------------------------------

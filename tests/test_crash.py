@@ -1,4 +1,4 @@
-"""Crash safety (issue 9): a short kill campaign (tests/killcampaign.py) on the session's lab.
+"""Crash safety (issue 9): a short kill campaign (tests/lab/killcampaign.py) on the session's lab.
 
 acmebot is SIGKILLed while it renews, rolls keys over or reissues a deleted certificate: at
 random instants, and on entering a rename or a link (strace's syscall injection), with the
@@ -6,13 +6,13 @@ kill points spread over every rename and link of every kind of run from an offse
 decides (the seed is printed, so a failure can be replayed with `killcampaign.py --seed`).  After each kill, no
 certificate may be on disk without its private key; one plain run must then exit 0 and leave
 every file consistent, with no temp file or journal left, and a second run must change nothing.
-The full campaign (every rename and link, 200 random kills) is `sudo python3 tests/killcampaign.py`.
+The full campaign (every rename and link, 200 random kills) is `sudo python3 tests/lab/killcampaign.py`.
 """
 
 import random
 import shutil
 
-from killcampaign import Campaign, run_campaign
+from lab.killcampaign import Campaign, run_campaign
 
 RANDOM_KILLS = 6
 SYSCALL_KILLS = 14

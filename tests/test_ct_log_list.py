@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import make_config, run_acmebot
-from ocsp_ct import LoopbackServer, ct_log  # noqa: F401 (fixture)
+from lab.ocsp_ct import LoopbackServer, ct_log  # noqa: F401 (fixture)
 from test_issue import assert_clean, assert_ok
 from test_sct_ocsp import assert_warned_ok, chain_of, check_sct, der, host_cert, sct_file, submissions_of
 from test_units import GROUP, USER, ab

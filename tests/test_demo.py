@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-DEMO = Path(__file__).resolve().parent / "demo.py"
+DEMO = Path(__file__).resolve().parent / "lab" / "demo.py"
 
 
 def test_demo_issues_certificates_and_the_second_run_changes_nothing():

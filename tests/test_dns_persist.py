@@ -16,7 +16,7 @@ import dns.message
 import dns.query
 import pytest
 
-from a2c import require_a2c_python, start_a2c
+from lab.a2c import require_a2c_python, start_a2c
 from conftest import make_config, run_acmebot
 from lab import ZONES, Server, named_options
 from test_issue import assert_clean, assert_ok, default_paths

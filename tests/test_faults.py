@@ -25,7 +25,7 @@ import pytest
 
 from conftest import make_config, run_acmebot
 from lab import Server, deep_merge, free_port, named_options, tsig_key_text
-from mountns import MountNamespace
+from lab.mountns import MountNamespace
 from test_issue import assert_clean, assert_no_challenge_records, assert_ok, check_issued, default_paths, snapshot
 
 # Written by every run, whatever happens: the result of the run, for --status.

@@ -1,6 +1,6 @@
 """What acmebot does with a broken or hostile CA and hostile files around it (issue #9).
 
-The real pebble answers behind tests/ca_proxy.py, which damages chosen answers:
+The real pebble answers behind tests/lab/ca_proxy.py, which damages chosen answers:
 JSON of the wrong shape, truncated or garbage bodies, HTTP 500s, an answer that
 drips one byte a second, an oversized body, an authorization for a name that was
 not ordered, a chain that did not issue the leaf, a chain reduced to the leaf.
@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ca_proxy import CAProxy, problem
+from lab.ca_proxy import CAProxy, problem
 from conftest import make_config, run_acmebot
 from test_issue import assert_clean, assert_ok, cert_blocks, check_issued, default_paths, snapshot
 from test_units import ab

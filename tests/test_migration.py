@@ -10,7 +10,7 @@ tests, it never skips them.
 2.x resolves through /etc/resolv.conf and port 53 (py3dns) and updates zones with `nsupdate -k`,
 so this module starts a BIND of its own on 127.0.0.1:53 (free inside the tests' network
 namespace) serving migrate.test, a pebble validating through it, and a private mount namespace
-(tests/mountns.py) whose /etc/resolv.conf names 127.0.0.1: both acmebots run in it, as
+(tests/lab/mountns.py) whose /etc/resolv.conf names 127.0.0.1: both acmebots run in it, as
 tests/bench does for its "original".  2.x reads its public suffix list from the Debian package
 publicsuffix (file:// URL), so it never reaches out.
 
@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from lab import Server, named_options, parse_key_text, run_acmebot
-from mountns import MountNamespace
+from lab.mountns import MountNamespace
 from test_issue import assert_clean
 
 ACMEBOT2_ENV = "ACMEBOT_V2_PROGRAM"

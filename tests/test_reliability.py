@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
-from ca_proxy import CAProxy, problem
+from lab.ca_proxy import CAProxy, problem
 from conftest import make_config, run_acmebot
 from lab import ACMEBOT, free_port
 from test_ca_features import account_client, edit, ecdsa_config, registration

@@ -30,7 +30,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from conftest import make_config, run_acmebot
-from ocsp_ct import ct_log, fresh_modes, ocsp_pebble, sct_signed_data, verify_sct  # noqa: F401 (fixtures)
+from lab.ocsp_ct import ct_log, fresh_modes, ocsp_pebble, sct_signed_data, verify_sct  # noqa: F401 (fixtures)
 from test_issue import KEY_TYPES, assert_clean, assert_ok, default_paths
 
 LOGS = ("log1", "log2")

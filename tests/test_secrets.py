@@ -5,7 +5,7 @@ One certificate with a passphrase-protected key (key_passphrase true and
 ACMEBOT_PASSPHRASE, a passphrase with ', ", $, spaces and a backslash), an EAB
 account on a pebble that requires EAB, names validated by RFC 2136 with both
 kinds of TSIG key file, by reload_zone_command and by http-01.  Every hook,
-the service reload and reload_zone_command run tests/hook_env.py, which records
+the service reload and reload_zone_command run tests/lab/hook_env.py, which records
 its argv and environment and those of the `sh -c` shell that started it.  The
 certificate is issued, renewed and its key rolled over, each run under strace,
 once at --debug with log_level debug and once at --detail with log_level
@@ -42,7 +42,7 @@ from lab import ACMEBOT, ZONES
 from test_issue import KEY_TYPES, assert_ok, check_issued, default_paths
 from test_units import ab     # the script imported as a module, for the in-process tests
 
-HOOK_ENV = Path(__file__).resolve().parent / "hook_env.py"
+HOOK_ENV = Path(__file__).resolve().parent / "lab" / "hook_env.py"
 PASSPHRASE = "it's a \"pass\" $HOME \\ phrase"
 EAB_KID = "secrets-kid"
 EAB_KEY = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")

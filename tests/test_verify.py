@@ -1,7 +1,7 @@
 """Installation verification (--verify): acmebot connects to every name, address,
 configured port and key type and compares what is served (chain, OCSP staple,
 Public-Key-Pins header, TLSA records) with what it installed.  The servers are the
-nginx and Python TLS servers of tests/tls_servers.py, fed acmebot's files, or other
+nginx and Python TLS servers of tests/lab/tls_servers.py, fed acmebot's files, or other
 files to simulate what goes wrong; problems are warnings on stderr and exit 0."""
 
 import base64
@@ -21,7 +21,7 @@ from conftest import make_config, run_acmebot
 from lab import free_port
 from test_issue import KEY_TYPES, assert_clean, assert_ok, default_paths
 from test_tlsa_hpkp import served, spki_of_key, tlsa
-from tls_servers import tls_servers  # noqa: F401
+from lab.tls_servers import tls_servers  # noqa: F401
 
 ADDRESS = "127.0.0.1"
 

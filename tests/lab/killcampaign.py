@@ -2,8 +2,8 @@
 """Kill campaign (issue 9): acmebot is SIGKILLed while it rewrites files, then one plain run
 must leave everything consistent.
 
-    sudo python3 tests/killcampaign.py --kills 200        # figures on stdout, exit 1 on any failure
-    python3 tests/killcampaign.py --help
+    sudo python3 tests/lab/killcampaign.py --kills 200        # figures on stdout, exit 1 on any failure
+    python3 tests/lab/killcampaign.py --help
 
 Standalone, the script moves into a loopback-only network namespace (lab.isolate_network,
 as the tests do) and starts its own lab (lab.Lab: BIND, nginx, pebble).  tests/test_crash.py
@@ -62,7 +62,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # tests/: the lab package
 
 from cryptography import x509  # noqa: E402
 from cryptography.exceptions import InvalidSignature  # noqa: E402

@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # tests/: the lab package
 
 # The tests' own set-up, reused as is: the namespace and the lab from lab.py.
 from lab import REQUIRED_BINARIES, Lab, LabError, isolate_network, make_config, run_acmebot  # noqa: E402

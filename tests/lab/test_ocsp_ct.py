@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
-from ocsp_ct import (  # noqa: F401 (fixtures)
+from lab.ocsp_ct import (  # noqa: F401 (fixtures)
     connection_refused, ct_log, fresh_modes, ocsp_pebble, parse_go_time, sct_signed_data, serialize_sct,
     serialize_sct_list, verify_sct)
 

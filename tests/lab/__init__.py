@@ -51,10 +51,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-TESTS_DIR = Path(__file__).resolve().parent
+LAB_DIR = Path(__file__).resolve().parent
+TESTS_DIR = LAB_DIR.parent
 REPO = TESTS_DIR.parent
 ACMEBOT = REPO / "acmebot"
-RELOAD_ZONE = TESTS_DIR / "reload_zone.py"
+RELOAD_ZONE = LAB_DIR / "reload_zone.py"
 
 REQUIRED_BINARIES = ("pebble", "named", "nginx", "tsig-keygen", "openssl", "dig")
 

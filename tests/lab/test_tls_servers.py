@@ -1,4 +1,4 @@
-"""Smoke tests of tests/tls_servers.py: the servers serve the certificate the client's key
+"""Smoke tests of tests/lab/tls_servers.py: the servers serve the certificate the client's key
 type asks for (TLS 1.2 and 1.3), staple what they are given, and send included headers."""
 
 import datetime
@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
-from tls_servers import (MAIL_PROTOCOLS, RESPONDER_PROTOCOLS, TLSProbeError, fetch_chain,
+from lab.tls_servers import (MAIL_PROTOCOLS, RESPONDER_PROTOCOLS, TLSProbeError, fetch_chain,
                          read_pem_chain, tls_probe)
-from tls_servers import tls_servers  # noqa: F401
+from lab.tls_servers import tls_servers  # noqa: F401
 
 NAME = "tls.example.test"
 HOST = "127.0.0.1"

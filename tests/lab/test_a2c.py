@@ -1,4 +1,4 @@
-"""Smoke tests of the acme2certifier fixture (tests/a2c.py), driven by the `acme` library
+"""Smoke tests of the acme2certifier fixture (tests/lab/a2c.py), driven by the `acme` library
 directly (not acmebot): directory, profiles, issuance, ARI renewalInfo, the POST log."""
 
 import datetime
@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from a2c import a2c, ari_cert_id, start_a2c  # noqa: F401
+from lab.a2c import a2c, ari_cert_id, start_a2c  # noqa: F401
 
 NAME = "a2c.example.test"  # resolves nowhere: validation is disabled, so that is fine
 EMAIL = "admin@example.test"
