@@ -43,7 +43,8 @@ def read_key(path):
         text = open(path).read()
     except OSError as error:
         raise Failure(f"cannot read key file {path}: {error.strerror}")
-    text = re.sub(r"(#|//)[^\n]*", "", text)
+    # comments outside quoted strings only: a base64 secret may contain "//"
+    text = re.sub(r'("(?:[^"\\]|\\.)*")|/\*.*?\*/|//[^\n]*|#[^\n]*', lambda m: m.group(1) or "", text, flags=re.S)
     match = re.search(r'key\s+"?([^"\s{]+)"?\s*\{(.*?)\}\s*;', text, re.S)
     algorithm = match and re.search(r"algorithm\s+\"?([\w.-]+)\"?\s*;", match.group(2))
     secret = match and re.search(r'secret\s+"([^"]+)"\s*;', match.group(2))
