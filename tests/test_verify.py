@@ -1,8 +1,9 @@
 """Installation verification (--verify): acmebot connects to every name, address,
 configured port and key type and compares what is served (chain, OCSP staple,
-Public-Key-Pins header, TLSA records) with what it installed.  The servers are the
-nginx and Python TLS servers of tests/lab/tls_servers.py, fed acmebot's files, or other
-files to simulate what goes wrong; problems are warnings on stderr and exit 0."""
+Public-Key-Pins header, TLSA records) with what it installed.  The servers are those of
+tests/lab/tls_servers.py (nginx, dovecot, vsftpd, slapd, prosody, and a Python TLS server
+for per-key-type OCSP staples), fed acmebot's files, or other files to simulate what goes
+wrong; problems are warnings on stderr and exit 0."""
 
 import base64
 import datetime
@@ -241,19 +242,22 @@ def test_verify_mail_starttls_smtp_imap_pop3(lab, tmp_path, tls_servers):
 
 
 def test_verify_starttls_sieve_ftp_ldap_xmpp(lab, tmp_path, tls_servers):
+    """Against dovecot (ManageSieve), vsftpd, slapd and prosody serving acmebot's files."""
     config, name = issue(lab, tmp_path, "vstarttls")
     pairs = certs(tmp_path, name)
-    protocols = ("sieve", "ftp", "ldap", "xmpp")
-    ports = {protocol: tls_servers.starttls(protocol, pairs) for protocol in protocols}
-    set_verify(config, name, [{"port": port, "starttls": protocol} for protocol, port in ports.items()])
+    ports = {protocol: tls_servers.starttls(protocol, pairs) for protocol in ("sieve", "ftp", "xmpp")}
+    verify = [{"port": port, "starttls": protocol} for protocol, port in ports.items()]
+    # slapd holds one certificate: one slapd per key type, each checked for its own
+    ldap = {key_type: tls_servers.starttls("ldap", [pair]) for key_type, pair in zip(KEY_TYPES, pairs)}
+    verify += [{"port": port, "starttls": "ldap", "key_types": [key_type]} for key_type, port in ldap.items()]
+    set_verify(config, name, verify)
     assert_verified(run_acmebot(config, "--verify"))
-    # ldap with only the rsa certificate, xmpp with foreign certificates
-    ldap = tls_servers.starttls("ldap", pairs[:1])
+    # ldap with only the rsa certificate (for both key types), xmpp with foreign certificates
     xmpp = tls_servers.starttls("xmpp", foreign_certs(tmp_path / "foreign", name))
-    set_verify(config, name, [{"port": ldap, "starttls": "ldap"}, {"port": xmpp, "starttls": "xmpp"}])
+    set_verify(config, name, [{"port": ldap["rsa"], "starttls": "ldap"}, {"port": xmpp, "starttls": "xmpp"}])
     warnings = warnings_of(run_acmebot(config, "--verify"))
     assert len(warnings) == 3, warnings
-    assert any(where(name, ldap, "ecdsa") in w for w in warnings), warnings
+    assert any(where(name, ldap["rsa"], "ecdsa") in w for w in warnings), warnings
     for key_type in KEY_TYPES:
         assert any(where(name, xmpp, key_type) in w and "expected the certificate issued" in w
                    for w in warnings), warnings

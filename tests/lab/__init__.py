@@ -57,7 +57,9 @@ REPO = TESTS_DIR.parent
 ACMEBOT = REPO / "acmebot"
 RELOAD_ZONE = LAB_DIR / "reload_zone.py"
 
-REQUIRED_BINARIES = ("pebble", "named", "nginx", "tsig-keygen", "openssl", "dig")
+REQUIRED_BINARIES = ("pebble", "named", "nginx", "tsig-keygen", "openssl", "dig",
+                     # the STARTTLS servers of tls_servers.py
+                     "dovecot", "vsftpd", "slapd", "prosody")
 
 # Zones served by BIND: zone -> name of the TSIG key allowed to update it.
 # example.test and example.net are updated by acmebot itself; local.test is the

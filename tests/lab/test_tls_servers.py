@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
-from lab.tls_servers import (MAIL_PROTOCOLS, RESPONDER_PROTOCOLS, TLSProbeError, fetch_chain,
-                         read_pem_chain, tls_probe)
+from lab.tls_servers import (DAEMON_PROTOCOLS, MAIL_PROTOCOLS, TLSProbeError, fetch_chain, read_pem_chain,
+                             tls_probe)
 from lab.tls_servers import tls_servers  # noqa: F401
 
 NAME = "tls.example.test"
@@ -176,23 +176,37 @@ def test_mail_servers_side_by_side(tls_servers, material):
         fetch_chain(HOST, ports["imap"], NAME, "rsa", starttls="imap")
 
 
-@pytest.mark.parametrize("protocol", RESPONDER_PROTOCOLS)
-def test_responder_starttls(tls_servers, material, protocol):
+@pytest.mark.parametrize("protocol", [p for p in DAEMON_PROTOCOLS if p != "ldap"])
+def test_debian_server_starttls(tls_servers, material, protocol):
+    """dovecot (ManageSieve), vsftpd and prosody serve an RSA and an ECDSA certificate side by
+    side.  None of them staples an OCSP response from a file: per-key-type staples are tested
+    on tls() ports."""
     port = tls_servers.starttls(protocol, material.both())
     _check_both(material, port, starttls=protocol)
-    assert tls_servers.server(port).errors == []
+    assert tls_probe(HOST, port, NAME, "rsa", starttls=protocol, ocsp=True).ocsp_staple == b""
+    assert tls_servers.daemon(port).running()
 
 
-@pytest.mark.parametrize("protocol", RESPONDER_PROTOCOLS)
-def test_responder_staples_per_certificate(tls_servers, material, protocol):
-    # RSA has its staple, ECDSA none: the "missing staple for one key type" case.
-    port = tls_servers.starttls(protocol, material.both(), stapling_files=[material.staples["rsa"], None])
-    expected = open(material.staples["rsa"], "rb").read()
+def test_slapd_serves_one_certificate(tls_servers, material):
+    """slapd loads one certificate: both key types over LDAP take one slapd each."""
+    ports = {key_type: tls_servers.starttls("ldap", [material.certs[key_type]]) for key_type in ("rsa", "ecdsa")}
     for version in VERSIONS:
-        assert tls_probe(HOST, port, NAME, "rsa", starttls=protocol, tls_version=version,
-                         ocsp=True).ocsp_staple == expected
-        assert tls_probe(HOST, port, NAME, "ecdsa", starttls=protocol, tls_version=version,
-                         ocsp=True).ocsp_staple == b""
+        for key_type, port in ports.items():
+            probe = tls_probe(HOST, port, NAME, key_type, starttls="ldap", tls_version=version)
+            assert probe.version == f"TLSv{version}"
+            assert probe.chain == material.chain(key_type)
+    with pytest.raises(TLSProbeError):
+        fetch_chain(HOST, ports["rsa"], NAME, "ecdsa", starttls="ldap")
+    with pytest.raises(ValueError, match="one server per key type"):
+        tls_servers.starttls("ldap", material.both())
+
+
+def test_debian_server_stops(tls_servers, material):
+    port = tls_servers.starttls("ftp", [material.certs["rsa"]])
+    assert fetch_chain(HOST, port, NAME, "rsa", starttls="ftp") == material.chain("rsa")
+    tls_servers.stop(port)
+    with pytest.raises(OSError):
+        fetch_chain(HOST, port, NAME, "rsa", starttls="ftp")
 
 
 def test_plain_tls_server_headers_and_staples(tls_servers, material):

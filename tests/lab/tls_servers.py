@@ -2,8 +2,8 @@
 
 Tests import what they use explicitly (conftest.py does not re-export it):
 
-    from tls_servers import tls_servers  # noqa: F401   (the fixture)
-    from tls_servers import fetch_chain, tls_probe
+    from lab.tls_servers import tls_servers  # noqa: F401   (the fixture)
+    from lab.tls_servers import fetch_chain, tls_probe
 
 Fixture `tls_servers` (function scope, bound to the session `lab`); every method returns the
 port (127.0.0.1) and waits until that port serves each given certificate:
@@ -29,19 +29,27 @@ port (127.0.0.1) and waits until that port serves each given certificate:
         auth_http points at a loopback HTTP endpoint started by the fixture that answers
         `Auth-Status: Invalid login` (no login is ever made).  The greeting uses
         server_names[0].  nginx's mail module has no OCSP stapling.
-    starttls(protocol, certs, port=None, stapling_files=None)
-        a minimal responder in Python for sieve, ftp, ldap or xmpp (see below), then TLS
-        with pyOpenSSL serving every certificate of `certs` (chosen by the client's
-        signature algorithms, like nginx).  stapling_files: None, one path (all
-        certificates), or a list parallel to `certs` whose entries may be None (no staple
-        for that certificate).
+    starttls(protocol, certs, port=None, server_names=None)
+        the real server Debian ships for that protocol, started in the foreground with a
+        configuration of its own (in a directory under the lab's root) and serving the
+        certificate files where they are:
+            sieve  dovecot with dovecot-managesieved   RSA and ECDSA side by side
+            ftp    vsftpd (AUTH TLS)                   RSA and ECDSA side by side
+            ldap   slapd (StartTLS)                    ONE certificate: one slapd per key type
+            xmpp   prosody (c2s STARTTLS), a VirtualHost per name of server_names (default:
+                   the certificates' DNS names)        RSA and ECDSA side by side
+        None of them staples an OCSP response read from a file, and no login can succeed.
+        daemon(port) is its lab.Server (.running(), .log_path).
     tls(certs, port=None, stapling_files=None, headers=None)
-        the same Python TLS server without a STARTTLS preamble (protocol "http"): it answers
-        one HTTP request per connection with 200 "ok" plus `headers` ({name: value}).  For
-        per-key-type staples on a plain TLS port.
+        a TLS server in Python (pyOpenSSL) serving every certificate of `certs` (chosen by
+        the client's signature algorithms, like nginx) that answers one HTTP request per
+        connection with 200 "ok" plus `headers` ({name: value}).  It is there for what no
+        Debian server does: a different staple per certificate.  stapling_files: None, one
+        path (all certificates), or a list parallel to `certs` whose entries may be None
+        (no staple for that certificate).
     stop(port)    remove that server now (nginx snippets are dropped and nginx reloaded)
 
-Teardown removes the fixture's nginx snippets, reloads nginx, stops its Python servers.
+Teardown removes the fixture's nginx snippets, reloads nginx, stops its other servers.
 
 Any certificate files can be passed: a test simulating a stale certificate, the wrong key
 type or a missing staple simply passes other files than the ones acmebot installed.
@@ -72,18 +80,10 @@ certificate for which the client offered a usable signature algorithm).  Python'
 `ssl` module (3.11) has no way to set signature algorithms, and set_ciphers() only touches
 the TLS <= 1.2 cipher list, so it cannot force the key type in TLS 1.3.
 
-Why the sieve/ftp/ldap/xmpp servers are minimal Python responders: every Debian server for
-them would be a new package for .ci/run and lab.REQUIRED_BINARIES, and none gives more than
-the STARTTLS exchange and the handshake that acmebot's check looks at.  Looked at (Debian 12
-package metadata; none was installed and tried here): vsftpd 3.0.3 is the closest fit (small,
-runs in the foreground with listen_address/listen_port, rsa_cert_file + dsa_cert_file), but
-has no OCSP stapling; dovecot-managesieved pulls in dovecot-core + dovecot-sieve and needs a
-user database and run directories of its own; slapd 2.5 takes one TLSCertificateFile (no RSA
-and ECDSA side by side) and its debconf postinst builds and starts a system instance;
-prosody brings Lua 5.4 and a per-host certificate layout.  The responders here serve both key
-types from one port (pyOpenSSL; Python's ssl would too: two load_cert_chain calls fill the
-RSA and ECDSA slots and OpenSSL picks by the client's signature algorithms, checked with
-TLS 1.2 and 1.3) and, unlike any of those, staple a different OCSP file per certificate.
+Every STARTTLS protocol acmebot speaks is served by a real server: smtp, imap and pop3 by
+nginx's mail proxy, sieve, ftp, ldap and xmpp by dovecot, vsftpd, slapd and prosody
+(tests/install-deps installs them with a policy-rc.d that keeps Debian from starting their
+system services).  The only server written here is tls(), for per-certificate staples.
 """
 
 import contextlib
@@ -102,11 +102,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from OpenSSL import SSL
 
-from lab import LabError, free_port, wait_for
+from lab import LabError, Server, free_port, wait_for
 
-MAIL_PROTOCOLS = ("smtp", "imap", "pop3")
-RESPONDER_PROTOCOLS = ("sieve", "ftp", "ldap", "xmpp")
-STARTTLS_PROTOCOLS = MAIL_PROTOCOLS + RESPONDER_PROTOCOLS
+MAIL_PROTOCOLS = ("smtp", "imap", "pop3")            # nginx's mail proxy
+DAEMON_PROTOCOLS = ("sieve", "ftp", "ldap", "xmpp")  # dovecot, vsftpd, slapd, prosody
+STARTTLS_PROTOCOLS = MAIL_PROTOCOLS + DAEMON_PROTOCOLS
 KEY_TYPES = ("rsa", "ecdsa")
 
 # Signature algorithms a client offers to make the server use one key type.  TLS 1.3
@@ -253,13 +253,6 @@ def _ber_split(content):
 def ldap_starttls_request(message_id=1):
     """LDAPMessage { messageID, [APPLICATION 23] ExtendedRequest { [0] StartTLS OID } }."""
     return _ber(0x30, _ber(0x02, bytes([message_id])) + _ber(0x77, _ber(0x80, LDAP_STARTTLS_OID)))
-
-
-def ldap_starttls_response(message_id_bytes, result_code=0):
-    """LDAPMessage { messageID, [APPLICATION 24] ExtendedResponse { resultCode, "", "", [10] OID } }."""
-    body = (_ber(0x0A, bytes([result_code])) + _ber(0x04, b"") + _ber(0x04, b"")
-            + _ber(0x8A, LDAP_STARTTLS_OID))
-    return _ber(0x30, _ber(0x02, message_id_bytes) + _ber(0x78, body))
 
 
 # -- client side: STARTTLS preambles and the probe ------------------------------------------------
@@ -448,79 +441,21 @@ def fetch_chain(host, port, server_name, key_type, starttls=None, tls_version=No
                      tls_version=tls_version).chain
 
 
-# -- server side: minimal STARTTLS responders + pyOpenSSL TLS ------------------------------------
-
-def _server_preamble(plain, protocol):
-    """Speak the server side of `protocol` until the client asks for TLS; False if it does not."""
-    if protocol == "http":
-        return True
-    if protocol == "sieve":
-        plain.send('"IMPLEMENTATION" "acmebot test responder"\r\n"SASL" ""\r\n'
-                   '"SIEVE" "fileinto"\r\n"STARTTLS"\r\n"VERSION" "1.0"\r\nOK "ready"\r\n')
-        while True:
-            command = plain.line().strip().upper()
-            if command == "STARTTLS":
-                plain.send('OK "Begin TLS negotiation now."\r\n')
-                return True
-            if command == "LOGOUT":
-                plain.send('OK "bye"\r\n')
-                return False
-            plain.send('NO "only STARTTLS is implemented"\r\n')
-    if protocol == "ftp":
-        plain.send("220 acmebot test responder\r\n")
-        while True:
-            command = plain.line().strip().upper()
-            if command in ("AUTH TLS", "AUTH SSL"):
-                plain.send("234 Proceed with negotiation.\r\n")
-                return True
-            if command == "QUIT":
-                plain.send("221 bye\r\n")
-                return False
-            plain.send("502 only AUTH TLS is implemented\r\n")
-    if protocol == "ldap":
-        tag, content = _ber_read(plain)
-        items = _ber_split(content) if tag == 0x30 else []
-        if len(items) < 2 or items[0][0] != 0x02:
-            return False
-        message_id = items[0][1]
-        if items[1][0] == 0x77 and (0x80, LDAP_STARTTLS_OID) in _ber_split(items[1][1]):
-            plain.send(ldap_starttls_response(message_id, 0))
-            return True
-        # protocolError (2) for anything else, then close
-        plain.send(ldap_starttls_response(message_id, 2))
-        return False
-    if protocol == "xmpp":
-        header = plain.until(b"<stream:stream")
-        header += plain.until(b">")
-        del header
-        plain.send("<?xml version='1.0'?>"
-                   "<stream:stream from='acmebot.test' id='acmebot-test' xmlns='jabber:client' "
-                   "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
-                   f"<stream:features><starttls xmlns='{XMPP_TLS_NS}'><required/></starttls>"
-                   "</stream:features>")
-        request = plain.until(b"/>", b"</starttls>")
-        if "<starttls" not in request:
-            plain.send(f"<failure xmlns='{XMPP_TLS_NS}'/></stream:stream>")
-            return False
-        plain.send(f"<proceed xmlns='{XMPP_TLS_NS}'/>")
-        return True
-    raise ValueError(f"unknown protocol {protocol!r}")
-
+# -- server side: a plain TLS server in Python (per-certificate staples) -------------------------
 
 class PyTLSServer:
-    """A threaded loopback server: protocol preamble, then TLS with pyOpenSSL.
+    """A threaded loopback HTTPS server with pyOpenSSL, for what no Debian server does:
+    a different OCSP staple (read from a file) per certificate.
 
     Every certificate of `certs` is loaded into one SSL_CTX (OpenSSL keeps one per key
     type and picks by the client's signature algorithms); the OCSP status callback staples
-    the file given for whichever certificate OpenSSL selected.
+    the file given for whichever certificate OpenSSL selected.  Each connection gets one
+    HTTP answer: 200 "ok" plus `headers`.
     """
 
-    def __init__(self, protocol, certs, port=None, stapling_files=None, headers=None):
-        if protocol not in RESPONDER_PROTOCOLS + ("http",):
-            raise ValueError(f"protocol must be one of {RESPONDER_PROTOCOLS + ('http',)}, not {protocol!r}")
+    def __init__(self, certs, port=None, stapling_files=None, headers=None):
         if not certs:
             raise ValueError("at least one (cert_path, key_path) is needed")
-        self.protocol = protocol
         self.certs = [(Path(cert), Path(key)) for cert, key in certs]
         self.headers = dict(headers or {})
         self.errors = []  # exceptions from connection handlers, for debugging
@@ -544,7 +479,7 @@ class PyTLSServer:
         self._stopping = threading.Event()
         self._connections = set()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._accept_loop, name=f"tls-{protocol}-{self.port}",
+        self._thread = threading.Thread(target=self._accept_loop, name=f"tls-http-{self.port}",
                                         daemon=True)
         self._thread.start()
 
@@ -568,31 +503,20 @@ class PyTLSServer:
 
     def _handle(self, sock):
         try:
-            sock.settimeout(IO_TIMEOUT)
-            plain = _Plain(sock)
-            if not _server_preamble(plain, self.protocol):
-                return
-            plain.check_drained()
             _set_io_timeouts(sock)
             connection = SSL.Connection(self.context, sock)
             connection.set_accept_state()
             connection.do_handshake()
-            if self.protocol == "http":
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    chunk = connection.recv(65536)
-                    if not chunk:
-                        break
-                    request += chunk
-                headers = "".join(f"{name}: {value}\r\n" for name, value in self.headers.items())
-                connection.sendall(("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
-                                    f"{headers}Connection: close\r\n\r\nok\n").encode())
-                connection.shutdown()
-            else:
-                # Nothing is spoken inside TLS: wait for the client to go away.
-                with contextlib.suppress(SSL.Error, OSError):
-                    while connection.recv(4096):
-                        pass
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    break
+                request += chunk
+            headers = "".join(f"{name}: {value}\r\n" for name, value in self.headers.items())
+            connection.sendall(("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
+                                f"{headers}Connection: close\r\n\r\nok\n").encode())
+            connection.shutdown()
         except (SSL.ZeroReturnError, SSL.SysCallError, ConnectionError):
             pass
         except Exception as error:  # kept for debugging; a client sees a closed socket
@@ -614,6 +538,140 @@ class PyTLSServer:
         for sock in connections:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+# -- server side: the Debian servers for the other STARTTLS protocols ----------------------------
+#
+# Each runs in the foreground (a lab.Server, stopped by PID) on 127.0.0.1:port with its
+# configuration, run and state directories in a directory of its own under the lab's root,
+# reading the certificate files where the test has them (as root, like nginx's master).
+
+def _key_type_slots(certs, protocol, most=2):
+    """certs as {key_type: (cert, key)}: these servers hold one certificate per key type
+    (slapd only one in all)."""
+    slots = {}
+    for cert, key in certs:
+        key_type = key_type_of(cert)
+        if key_type in slots:
+            raise ValueError(f"{protocol}: two {key_type} certificates; {DAEMONS[protocol]} holds one per key type")
+        slots[key_type] = (str(cert), str(key))
+    if not slots:
+        raise ValueError(f"{protocol}: no certificate given")
+    if len(slots) > most:
+        raise ValueError(f"{protocol}: {DAEMONS[protocol]} serves one certificate, got {len(slots)}: "
+                         "start one server per key type")
+    return slots
+
+
+def _dovecot(directory, port, certs, names):
+    """dovecot with only ManageSieve (dovecot-managesieved): ssl_cert and ssl_alt_cert hold
+    an RSA and an ECDSA certificate side by side.  dovecot insists on a passdb: an empty
+    passwd-file, so that no login can succeed (the probe stops at TLS anyway)."""
+    slots = list(_key_type_slots(certs, "sieve").values())
+    (directory / "state").mkdir()
+    lines = [f"base_dir = {directory}/run",
+             f"state_dir = {directory}/state",
+             f"instance_name = acmebot-lab-{directory.name}",
+             "log_path = /dev/stderr",
+             "protocols = sieve",
+             "listen = 127.0.0.1",
+             "ssl = required",
+             "ssl_min_protocol = TLSv1.2",
+             f"ssl_cert = <{slots[0][0]}",
+             f"ssl_key = <{slots[0][1]}"]
+    if len(slots) > 1:
+        lines += [f"ssl_alt_cert = <{slots[1][0]}", f"ssl_alt_key = <{slots[1][1]}"]
+    lines += ["passdb {", "  driver = passwd-file", "  args = /dev/null", "}",
+              "userdb {", "  driver = static", "  args = uid=nobody gid=nogroup home=/nonexistent", "}",
+              "service managesieve-login {", "  inet_listener sieve {", "    address = 127.0.0.1",
+              f"    port = {port}", "  }", "}"]
+    conf = directory / "dovecot.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    return ["dovecot", "-F", "-c", conf]
+
+
+def _vsftpd(directory, port, certs, names):
+    """vsftpd: its rsa_cert_file and dsa_cert_file are two certificate slots that OpenSSL
+    fills by key type, so one RSA and one ECDSA certificate are served side by side.
+    vsftpd refuses to start without a login method: local users are enabled, and none
+    may log in."""
+    slots = list(_key_type_slots(certs, "ftp").values())
+    empty = directory / "empty"   # its secure_chroot_dir: root's, not writable by others
+    empty.mkdir(mode=0o755)
+    lines = ["listen=YES", "listen_ipv6=NO", "listen_address=127.0.0.1", f"listen_port={port}",
+             "background=NO", "anonymous_enable=NO", "local_enable=YES", "write_enable=NO",
+             # ... and no user is on the (empty) list of those allowed to try
+             "userlist_enable=YES", "userlist_deny=NO", "userlist_file=/dev/null",
+             "pasv_enable=NO", "xferlog_enable=NO", "syslog_enable=NO",
+             f"vsftpd_log_file={directory}/vsftpd.log", f"secure_chroot_dir={empty}",
+             "ssl_enable=YES", "ssl_sslv2=NO", "ssl_sslv3=NO", "ssl_tlsv1=NO",
+             "ssl_ciphers=HIGH",  # the default list has no ECDSA suite for TLS 1.2
+             f"rsa_cert_file={slots[0][0]}", f"rsa_private_key_file={slots[0][1]}"]
+    if len(slots) > 1:
+        lines += [f"dsa_cert_file={slots[1][0]}", f"dsa_private_key_file={slots[1][1]}"]
+    conf = directory / "vsftpd.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    return ["vsftpd", conf]
+
+
+def _slapd(directory, port, certs, names):
+    """slapd (OpenLDAP 2.5) with StartTLS and no database: it loads ONE certificate
+    (TLSCertificateFile), so a test serving both key types over LDAP starts one slapd per
+    key type.  slapd.conf form (-f), not cn=config; -d keeps it in the foreground."""
+    (cert, key), = _key_type_slots(certs, "ldap", most=1).values()
+    conf = directory / "slapd.conf"
+    conf.write_text(f"pidfile {directory}/slapd.pid\n"
+                    f"argsfile {directory}/slapd.args\n"
+                    f"TLSCertificateFile {cert}\n"
+                    f"TLSCertificateKeyFile {key}\n"
+                    "TLSProtocolMin 3.3\n")   # TLS 1.2
+    return ["slapd", "-d", "0", "-h", f"ldap://127.0.0.1:{port}/", "-f", conf]
+
+
+def _prosody(directory, port, certs, names):
+    """prosody (XMPP client-to-server port only) with a VirtualHost per name; LuaSec's
+    `certificates` list serves an RSA and an ECDSA certificate side by side.  It stays
+    root (run_as_root) so that it reads the test's certificate files, as the others do."""
+    slots = _key_type_slots(certs, "xmpp").values()
+    (directory / "data").mkdir()
+    (directory / "certs").mkdir()   # where prosody looks for certificates of its own: none
+    certificates = "".join(f'        {{ certificate = "{cert}", key = "{key}" }},\n' for cert, key in slots)
+    hosts = "".join(f'VirtualHost "{name}"\n    ssl = {{ certificates = {{\n{certificates}    }} }}\n'
+                    for name in names)
+    conf = directory / "prosody.cfg.lua"
+    conf.write_text(f'run_as_root = true\n'
+                    f'pidfile = "{directory}/prosody.pid"\n'
+                    f'data_path = "{directory}/data"\n'
+                    f'certificates = "{directory}/certs"\n'
+                    'log = { { levels = { min = "info" }, to = "console" } }\n'
+                    'daemonize = false\n'
+                    'interfaces = { "127.0.0.1" }\n'
+                    f'c2s_ports = {{ {port} }}\n'
+                    'c2s_direct_tls_ports = { }\n'
+                    'legacy_ssl_ports = { }\n'
+                    'modules_enabled = { "tls", "saslauth" }\n'
+                    'modules_disabled = { "s2s", "offline" }\n'
+                    'c2s_require_encryption = true\n'
+                    + hosts)
+    return ["prosody", "-F", "--config", conf]
+
+
+# protocol -> the Debian server that speaks it (its program) and the function writing its config
+DAEMONS = {"sieve": "dovecot", "ftp": "vsftpd", "ldap": "slapd", "xmpp": "prosody"}
+_DAEMON_CONFIGS = {"sieve": _dovecot, "ftp": _vsftpd, "ldap": _slapd, "xmpp": _prosody}
+
+
+def _cert_names(certs):
+    """The DNS names of the certificates, in order, each once."""
+    names = []
+    for cert, _ in certs:
+        leaf = x509.load_pem_x509_certificates(Path(cert).read_bytes())[0]
+        try:
+            san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            continue
+        names += [name for name in san.get_values_for_type(x509.DNSName) if name not in names]
+    return names
 
 
 class _AuthHandler(http.server.BaseHTTPRequestHandler):
@@ -646,6 +704,7 @@ class TLSServers:
         self._http_snippets = {}   # port -> [paths]
         self._mail_servers = {}    # port -> server {} text
         self._py_servers = {}      # port -> PyTLSServer
+        self._daemons = {}         # port -> lab.Server (dovecot, vsftpd, slapd, prosody)
         self._auth = None
         self._auth_thread = None
 
@@ -731,20 +790,32 @@ class TLSServers:
         self._wait_serving(port, server_names[0], certs, protocol)
         return port
 
-    # -- Python servers
-    def starttls(self, protocol, certs, port=None, stapling_files=None):
-        if protocol not in RESPONDER_PROTOCOLS:
-            raise ValueError(f"starttls() protocol must be one of {RESPONDER_PROTOCOLS}, not {protocol!r}"
+    # -- the Debian STARTTLS servers
+    def starttls(self, protocol, certs, port=None, server_names=None):
+        if protocol not in DAEMON_PROTOCOLS:
+            raise ValueError(f"starttls() protocol must be one of {DAEMON_PROTOCOLS}, not {protocol!r}"
                              f" (smtp/imap/pop3: use mail())")
-        return self._python(protocol, certs, port, stapling_files, None)
+        names = _as_list(server_names) or _cert_names(certs)
+        if not names:
+            raise ValueError("no server_names given and the certificates name no DNS names")
+        port = port or free_port()
+        directory = Path(self.lab.root) / f"{self._prefix}-{protocol}-{next(_counter)}"
+        directory.mkdir(mode=0o755)
+        argv = _DAEMON_CONFIGS[protocol](directory, port, certs, names)
+        server = Server(DAEMONS[protocol], argv, directory / "server.log", cwd=directory)
+        self._daemons[port] = server
+        self._wait_serving(port, names[0], certs, protocol, server)
+        return port
 
+    def daemon(self, port):
+        """The lab.Server of the STARTTLS server on port (.running(), .log_path)."""
+        return self._daemons[port]
+
+    # -- Python server
     def tls(self, certs, port=None, stapling_files=None, headers=None):
-        return self._python("http", certs, port, stapling_files, headers)
-
-    def _python(self, protocol, certs, port, stapling_files, headers):
-        server = PyTLSServer(protocol, certs, port, stapling_files, headers)
+        server = PyTLSServer(certs, port, stapling_files, headers)
         self._py_servers[server.port] = server
-        self._wait_serving(server.port, "tls.example.test", certs, None if protocol == "http" else protocol)
+        self._wait_serving(server.port, "tls.example.test", certs, None)
         return server.port
 
     def server(self, port):
@@ -773,8 +844,9 @@ class TLSServers:
         self.lab.nginx_reload()
         wait_for("old nginx workers to exit", lambda: not (old & self._nginx_workers()), timeout=30)
 
-    def _wait_serving(self, port, server_name, certs, starttls):
-        """Until the port serves each certificate to a client offering its key type."""
+    def _wait_serving(self, port, server_name, certs, starttls, server=None):
+        """Until the port serves each certificate to a client offering its key type
+        (failing at once, with its log, if `server` exits)."""
         expected = {}
         for cert, _ in certs:
             expected[key_type_of(cert)] = read_pem_chain(cert)[0]
@@ -786,7 +858,10 @@ class TLSServers:
                     return False
             return True
 
-        wait_for(f"TLS server on 127.0.0.1:{port}", serving, timeout=30)
+        if server is not None:
+            server.wait_ready(serving, timeout=30)
+        else:
+            wait_for(f"TLS server on 127.0.0.1:{port}", serving, timeout=30)
 
     def stop(self, port):
         reload = False
@@ -796,7 +871,7 @@ class TLSServers:
         if self._mail_servers.pop(port, None) is not None:
             self._write_mail_conf()
             reload = True
-        server = self._py_servers.pop(port, None)
+        server = self._py_servers.pop(port, None) or self._daemons.pop(port, None)
         if server is not None:
             server.stop()
         if reload:
@@ -811,9 +886,10 @@ class TLSServers:
         if self._mail_servers:
             self._mail_servers.clear()
             self._write_mail_conf()
-        for server in self._py_servers.values():
+        for server in [*self._py_servers.values(), *self._daemons.values()]:
             server.stop()
         self._py_servers.clear()
+        self._daemons.clear()
         try:
             if reload:
                 self._reload()
@@ -834,6 +910,5 @@ def tls_servers(lab):
 
 
 __all__ = ["tls_servers", "TLSServers", "PyTLSServer", "fetch_chain", "tls_probe", "Probe",
-           "set_sigalgs", "SIGALGS", "STARTTLS_PROTOCOLS", "MAIL_PROTOCOLS", "RESPONDER_PROTOCOLS",
-           "read_pem_chain", "key_type_of", "ldap_starttls_request", "ldap_starttls_response",
-           "TLSProbeError"]
+           "set_sigalgs", "SIGALGS", "STARTTLS_PROTOCOLS", "MAIL_PROTOCOLS", "DAEMON_PROTOCOLS", "DAEMONS",
+           "read_pem_chain", "key_type_of", "ldap_starttls_request", "TLSProbeError"]
