@@ -217,6 +217,7 @@ def test_plain_tls_server_headers_and_staples(tls_servers, material):
         probe = tls_probe(HOST, port, NAME, key_type, ocsp=True, http_path="/")
         assert probe.ocsp_staple == open(material.staples[key_type], "rb").read()
         assert probe.http_headers["public-key-pins"] == 'pin-sha256="x"; max-age=1'
+    assert tls_servers.server(port).errors == []
 
 
 def test_python_ssl_cannot_force_the_key_type_in_tls13(tls_servers, material):
