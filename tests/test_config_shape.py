@@ -158,3 +158,45 @@ def test_a_certificate_can_narrow_its_keys_types_but_not_widen_them():
     assert caught.value.problems == [
         "/etc/acmebot/acmebot.json: private_keys.k.certificates.a.example.com.key_types: no key type left "
         "(key_size/key_curve turn off the ones asked for)"]
+
+
+def _spelt_kinds_and_hooks():
+    """(enumeration, name, line) of every directory kind and hook name written
+    as a string literal in acmebot where the code reads one: run_hook and
+    file_path arguments, Config.directory/file_name, the directories,
+    file_names and hooks maps, and the (hook, fields) pairs staged with files."""
+    import ast
+    from test_units import ACMEBOT
+
+    def text(node):
+        return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+    maps = {"directories": ab.Dir, "file_names": ab.Dir, "hooks": ab.Hook}
+    for node in ast.walk(ast.parse(ACMEBOT.read_text())):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+            args = [text(arg) for arg in node.args]
+            if name in ("run_hook", "file_path") and len(args) > 1 and args[1]:
+                yield (ab.Hook if name == "run_hook" else ab.Dir), args[1], node.lineno
+            elif name in ("directory", "file_name") and isinstance(func, ast.Attribute) and args and args[0]:
+                yield ab.Dir, args[0], node.lineno
+            elif (name == "get" and isinstance(func.value, ast.Attribute) and func.value.attr in maps
+                  and args and args[0]):
+                yield maps[func.value.attr], args[0], node.lineno
+        elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute) \
+                and node.value.attr in maps and text(node.slice):
+            yield maps[node.value.attr], text(node.slice), node.lineno
+        elif (isinstance(node, ast.Tuple) and len(node.elts) == 2 and text(node.elts[0])
+              and isinstance(node.elts[1], ast.Call) and getattr(node.elts[1].func, "id", None) == "dict"):
+            yield ab.Hook, text(node.elts[0]), node.lineno
+
+
+def test_every_kind_and_hook_the_code_spells_as_a_string_exists():
+    """The maps raise on a misspelt name when that line runs; this finds one on
+    a line no other test runs."""
+    spelt = list(_spelt_kinds_and_hooks())
+    assert {kinds for kinds, _, _ in spelt} == {ab.Dir, ab.Hook} and len(spelt) > 30
+    wrong = [f"acmebot line {line}: '{name}' is not a {kinds.__name__}"
+             for kinds, name, line in spelt if name not in set(kinds)]
+    assert not wrong, wrong
