@@ -545,3 +545,68 @@ def test_the_private_binding_that_picks_signature_algorithms_is_still_there(key_
     context = SSL.Context(SSL.TLS_CLIENT_METHOD)
     assert hasattr(context, "_context")
     ab.restrict_sigalgs(context, key_type)          # raises TlsProbeError if OpenSSL refuses
+
+
+# -- targets: what a run found on disk, built once and handed on ------------------
+
+def _self_signed(name, days):
+    """A certificate for ``name`` and the DER of its public key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+    key = ab.generate_key("ecdsa", 0, "secp256r1")
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(start)
+            .not_valid_after(start + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM), ab.public_der(key)
+
+
+def _targets_config(tmp_path):
+    directories = {kind: str(tmp_path / kind) for kind in ab.REQUIRED_DIRECTORIES}
+    directories.update(full_key=None, chain=None, param=None, full_certificate=None)
+    return parse(config(directories=directories,
+                        certificates={name: {"key_types": ["ecdsa"]} for name in ("a.test", "b.test", "c.test")}),
+                 str(tmp_path / "acmebot.json"))
+
+
+def test_targets_parse_each_certificate_once_and_say_why_there_is_none(tmp_path):
+    cfg = _targets_config(tmp_path)
+    (tmp_path / "certificate").mkdir()
+    (tmp_path / "certificate" / "a.test.ecdsa.pem").write_bytes(_self_signed("a.test", 90)[0])
+    (tmp_path / "certificate" / "b.test.ecdsa.pem").write_bytes(b"not a certificate\n")
+    (tmp_path / "resource" / "keys").mkdir(parents=True)
+    (tmp_path / "resource" / "keys" / "a.test.json").write_text('{"ecdsa": {"backup_created": "x"}}')
+    a, b, c = ab.build_targets(cfg, cfg.keys)
+    assert [t.name for t in (a, b, c)] == ["a.test/ecdsa", "b.test/ecdsa", "c.test/ecdsa"]
+    assert a.key_files == ab.key_paths(cfg, a.key, "ecdsa") and a.paths == ab.cert_paths(cfg, a.cert, "ecdsa")
+    assert a.state == ab.load_key_state(cfg, "a.test") and c.state == {}
+    assert a.info.names == frozenset({"a.test"}) and a.problem is None
+    assert b.info is None and "contains no certificate" in b.problem
+    assert c.info is None and c.problem == "no certificate yet"
+    # parsed once, then handed on: the file is not read again unless the run changes it (next test)
+    (tmp_path / "certificate" / "a.test.ecdsa.pem").write_bytes(_self_signed("a.test", 30)[0])
+    assert a.info.lifetime == datetime.timedelta(days=90)
+
+
+def test_targets_read_again_after_the_run_changed_their_key(tmp_path):
+    cfg = _targets_config(tmp_path)
+    (tmp_path / "certificate").mkdir()
+    path = tmp_path / "certificate" / "a.test.ecdsa.pem"
+    path.write_bytes(_self_signed("a.test", 90)[0])
+    ctx = ab.Context(config=cfg, keys=cfg.keys, passphrases={}, report=ab.Report(),
+                     targets=ab.build_targets(cfg, cfg.keys))
+    a, b, _ = ctx.targets
+    assert a.info.lifetime == datetime.timedelta(days=90) and b.info is None
+    path.write_bytes(_self_signed("a.test", 30)[0])
+    (tmp_path / "certificate" / "b.test.ecdsa.pem").write_bytes(_self_signed("b.test", 60)[0])
+    ab.reload_targets(ctx, a.key)           # as install_key does once a key's files are written
+    assert a.info.lifetime == datetime.timedelta(days=30)
+    assert b.info is None                   # another key's target is left as it was
+    # a key outside the selection gets a target of its own; the selected keys keep theirs
+    ctx.targets = [a]
+    others = ab.targets_of(ctx, cfg.keys)
+    assert others[0] is a and others[1].info.lifetime == datetime.timedelta(days=60)
