@@ -1,6 +1,7 @@
 """Keeping certificates alive: renewal, change detection, rollover, revocation,
 master/follower, hooks, services and the run lock — against the real lab."""
 
+import datetime
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from conftest import ACMEBOT, make_config, run_acmebot
+from lab.inprocess import FakeClock, run_main
 from test_issue import assert_clean, assert_ok, check_issued, default_paths
 
 
@@ -47,23 +49,25 @@ def issue(lab, tmp_path, host, overrides=None, *args):
 
 def test_short_certificates_renew_by_a_third_of_their_lifetime_not_every_run(lab, tmp_path):
     # 12-second certificates: renewal_days (30) would renew on every run;
-    # a third of the lifetime (4 s) must not until the last 4 s.
+    # a third of the lifetime (4 s) must not until the last 4 s.  In process,
+    # the clock set just before and just inside the last third.
     short = lab.pebbles.get("short") or lab.start_pebble("short", {"certificateValidityPeriod": 12})
     lab.add_hosts("example.test", "short")
     config = make_config(tmp_path, lab, {
         "settings": {"acme_directory_url": short.directory_url, "key_size": 0},
         "certificates": {"short.example.test": {}}})
-    assert_ok(run_acmebot(config))
+    clock = FakeClock(real_sleep=True)
+    assert_ok(run_main(config, clock=clock))
     path = default_paths(tmp_path, "short.example.test", "ecdsa")["certificate"]
     first = cert_of(path)
     assert (first.not_valid_after_utc - first.not_valid_before_utc).total_seconds() <= 13
-    again = run_acmebot(config, "--verbose")
+    clock.set(first.not_valid_after_utc - datetime.timedelta(seconds=4.5))
+    again = run_main(config, "--verbose", clock=clock)
     assert_ok(again)
     assert "nothing to do" in again.stdout
     assert serial_of(path) == first.serial_number
-    due = first.not_valid_after_utc.timestamp() - 4 + 0.5
-    time.sleep(max(0.0, due - time.time()))
-    renewed = run_acmebot(config, "--verbose")
+    clock.set(first.not_valid_after_utc - datetime.timedelta(seconds=3.5))
+    renewed = run_main(config, "--verbose", clock=clock)
     assert_ok(renewed)
     assert "expires" in renewed.stdout
     assert serial_of(path) != first.serial_number
@@ -149,16 +153,6 @@ def test_must_staple_change_reissues_once_even_though_pebble_drops_it(lab, tmp_p
 
 # -- rollover --------------------------------------------------------------------------------------
 
-def _backdate_backup(tmp_path, key_name, days):
-    path = tmp_path / "resource" / "keys" / f"{key_name}.json"
-    state = json.loads(path.read_text())
-    for key_type, entry in state.items():
-        if isinstance(entry, dict) and "backup_created" in entry:
-            created = time.time() - days * 86400
-            entry["backup_created"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(created))
-    path.write_text(json.dumps(state))
-
-
 def test_rollover_refused_while_backup_is_young_then_forced(lab, tmp_path):
     hook_out = tmp_path / "rollover-hook"
     config, name = issue(lab, tmp_path, "roll", {
@@ -191,22 +185,29 @@ def test_rollover_refused_while_backup_is_young_then_forced(lab, tmp_path):
 
 
 def test_backup_key_expiry_warns_or_rolls_over_automatically(lab, tmp_path):
-    config, name = issue(lab, tmp_path, "expire", {"settings": {"key_size": 0, "hpkp_days": 0,
-                                                                "expiration_days": 30}})
+    # in process: the clock moves 31 days on instead of the key state being backdated
+    clock = FakeClock(real_sleep=True)
+    lab.add_hosts("example.test", "expire")
+    name = "expire.example.test"
+    config = make_config(tmp_path, lab, {"settings": {"key_size": 0, "hpkp_days": 0, "expiration_days": 30},
+                                         "certificates": {name: {}}})
+    assert_ok(run_main(config, clock=clock))
     paths = default_paths(tmp_path, name, "ecdsa")
     old_backup = Path(paths["backup"]).read_bytes()
-    _backdate_backup(tmp_path, name, 31)
-    warned = run_acmebot(config)
+    clock.advance(days=29)
+    assert_ok(run_main(config, clock=clock))                 # 29 days old: not yet
+    clock.advance(days=2)
+    warned = run_main(config, clock=clock)
     assert warned.returncode == 0
     assert "rollover" in warned.stderr and "31 days old" in warned.stderr
     raw = json.loads(config.read_text())
     raw["settings"]["auto_rollover"] = True
     config.write_text(json.dumps(raw))
-    rolled = run_acmebot(config)
+    rolled = run_main(config, clock=clock)
     assert_ok(rolled)
     assert Path(paths["key"]).read_bytes() == old_backup
     check_issued(lab, paths, "ecdsa", [name])
-    again = run_acmebot(config, "--verbose")
+    again = run_main(config, "--verbose", clock=clock)
     assert_ok(again)
     assert "nothing to do" in again.stdout
 

@@ -1,0 +1,96 @@
+"""acmebot run in the test's own process, with a clock the test sets.
+
+`main(argv, services)` takes its clock, sleep and HTTP sessions from a
+`Services`; `FakeClock` is a clock a test sets and moves, so renewal windows,
+rollover ages, ARI checks and expiry notices are reached by moving the clock
+instead of sleeping or editing state files.  `run_main` runs acmebot like
+`run_acmebot` does (same arguments, a CompletedProcess-like result), in process.
+"""
+
+import contextlib
+import datetime
+import importlib.machinery
+import importlib.util
+import io
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+ACMEBOT = Path(__file__).resolve().parent.parent.parent / "acmebot"
+
+
+def acmebot():
+    """The acmebot module (the one test_units loaded, if it did: one module per process)."""
+    module = sys.modules.get("acmebot")
+    if module is None or getattr(module, "__file__", None) != str(ACMEBOT):
+        loader = importlib.machinery.SourceFileLoader("acmebot", str(ACMEBOT))
+        module = importlib.util.module_from_spec(importlib.util.spec_from_loader("acmebot", loader))
+        sys.modules["acmebot"] = module      # dataclasses look the module up
+        loader.exec_module(module)
+    return module
+
+
+class FakeClock:
+    """A clock the test sets (an aware UTC datetime) and moves.  sleep() moves
+    it instead of waiting; with real_sleep it waits too: the lab's servers
+    live in real time, and a run polling them must give them the time it
+    asks for.  monotonic() is the seconds slept, so acmebot's deadlines are
+    counted in the clock's time."""
+
+    def __init__(self, now=None, real_sleep=False):
+        self.now = now or datetime.datetime.now(datetime.timezone.utc)
+        self.real_sleep = real_sleep
+        self.slept = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self):
+        with self._lock:
+            return self.now
+
+    def set(self, when):
+        with self._lock:
+            self.now = when
+
+    def advance(self, **delta):
+        with self._lock:
+            self.now += datetime.timedelta(**delta)
+
+    def sleep(self, seconds):
+        with self._lock:
+            self.now += datetime.timedelta(seconds=seconds)
+            self.slept += seconds
+        if self.real_sleep:
+            time.sleep(seconds)
+
+    def monotonic(self):
+        with self._lock:
+            return self.slept
+
+    def services(self):
+        return acmebot().Services(clock=self, sleep=self.sleep, monotonic=self.monotonic)
+
+
+def run_main(config_path, *args, clock=None, env=None):
+    """acmebot --config CONFIG --accept-terms ARGS in process, with ``clock``'s
+    services (the real ones without); returns (returncode, stdout, stderr) as a
+    CompletedProcess-like namespace.  ``env`` is set for the run and put back."""
+    ab = acmebot()
+    out, err = io.StringIO(), io.StringIO()
+    saved = {name: os.environ.get(name) for name in ("ACMEBOT_PASSPHRASE", *(env or {}))}
+    os.environ.pop("ACMEBOT_PASSPHRASE", None)
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = ab.main(["--config", str(config_path), "--accept-terms", *map(str, args)],
+                           clock.services() if clock else None)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue(),
+                           args=["acmebot", *map(str, args)])
