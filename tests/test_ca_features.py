@@ -13,7 +13,6 @@ import json
 import re
 import secrets
 import sys
-import time
 from pathlib import Path
 
 import josepy
@@ -26,6 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from lab.a2c import a2c  # noqa: F401 (fixture)
 from lab.ca_proxy import CAProxy, problem
+from lab.inprocess import FakeClock, run_main
 from conftest import make_config, run_acmebot
 from lab import free_port
 from test_issue import (assert_clean, assert_ok, cert_blocks, challenge_dir_files, check_issued, default_paths,
@@ -504,11 +504,12 @@ def short_pebble(lab):
     return pebble(lab, "caf-short", {"certificateValidityPeriod": LIFETIME}, {"PEBBLE_AUTHZREUSE": "0"})
 
 
-def wait_until_due(path, margin=0.3):
+def set_due(clock, path, margin=0.3):
+    """Sets ``clock`` to ``margin`` seconds into the last third of the certificate's
+    lifetime (renewal and the expiry notice are due); returns the certificate."""
     cert = cert_of(path)
-    lifetime = (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds()
-    due = cert.not_valid_after_utc.timestamp() - lifetime / 3 + margin
-    time.sleep(max(0.0, due - time.time()))
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    clock.set(cert.not_valid_after_utc - lifetime / 3 + datetime.timedelta(seconds=margin))
     return cert
 
 
@@ -522,15 +523,16 @@ def test_expiry_notice_when_renewal_fails(lab, short_pebble, tmp_path):
         hooks={"notify": f"{sys.executable} {HOOK} {record} certificate_name={{certificate_name}} "
                          f"key_type={{key_type}} not_after={{not_after}} days_left={{days_left}} "
                          f"problem={{problem}}"})
-    assert_ok(run_acmebot(config))
+    clock = FakeClock(real_sleep=True)
+    assert_ok(run_main(config, clock=clock))
     path = default_paths(tmp_path, name, "ecdsa")["certificate"]
     assert not record.exists()
     # http-01 breaks: the directory nginx serves is no longer where the files go
     unserved = tmp_path / "unserved"
     unserved.mkdir()
     edit(config, lambda raw: raw["http_challenges"].update({name: str(unserved)}))
-    cert = wait_until_due(path)
-    result = run_acmebot(config)
+    cert = set_due(clock, path)
+    result = run_main(config, clock=clock)
     assert_clean(result)
     assert result.returncode == 4, result.stdout + result.stderr
     notices = [line for line in result.stderr.splitlines() if "AND COULD NOT BE RENEWED" in line]
@@ -553,10 +555,11 @@ def test_no_expiry_notice_when_renewal_succeeds(lab, short_pebble, tmp_path):
     record = tmp_path / "notify.jsonl"
     config = ecdsa_config(tmp_path, lab, {name: {}}, {"acme_directory_url": short_pebble.directory_url},
                           hooks={"notify": f"{sys.executable} {HOOK} {record} x={{certificate_name}}"})
-    assert_ok(run_acmebot(config))
+    clock = FakeClock(real_sleep=True)
+    assert_ok(run_main(config, clock=clock))
     path = default_paths(tmp_path, name, "ecdsa")["certificate"]
-    first = wait_until_due(path)
-    renewed = run_acmebot(config)
+    first = set_due(clock, path)
+    renewed = run_main(config, clock=clock)
     assert_ok(renewed)
     assert cert_of(path).serial_number != first.serial_number
     assert not record.exists()
@@ -566,12 +569,13 @@ def test_expiry_notice_when_the_ca_cannot_be_reached(lab, short_pebble, tmp_path
     lab.add_hosts("example.test", "notice3")
     name = "notice3.example.test"
     config = ecdsa_config(tmp_path, lab, {name: {}}, {"acme_directory_url": short_pebble.directory_url})
-    assert_ok(run_acmebot(config))
+    clock = FakeClock(real_sleep=True)
+    assert_ok(run_main(config, clock=clock))
     path = default_paths(tmp_path, name, "ecdsa")["certificate"]
     edit(config, lambda raw: raw["settings"].update(
         acme_directory_url=f"https://127.0.0.1:{free_port()}/dir"))
-    wait_until_due(path)
-    result = run_acmebot(config)
+    set_due(clock, path)
+    result = run_main(config, clock=clock)
     assert_clean(result)
     assert result.returncode == 3, result.stdout + result.stderr
     assert f"CERTIFICATE {name} (ecdsa)" in result.stderr and "AND COULD NOT BE RENEWED" in result.stderr

@@ -25,9 +25,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import make_config, run_acmebot
 from lab import ACMEBOT, acmebot_command, free_port
-from test_ca_features import HOOK, LIFETIME, cert_of, short_pebble, wait_until_due  # noqa: F401 (fixture)
+from lab.inprocess import FakeClock, run_main
+from test_ca_features import HOOK, LIFETIME, cert_of, set_due, short_pebble  # noqa: F401 (fixture)
 from test_issue import assert_clean, assert_ok, default_paths
-from test_status import backdate_backup, edit, set_url, snapshot_all
+from test_status import edit, set_url, snapshot_all
 from test_units import ab  # acmebot imported in process
 
 TOKEN = "tok-3f9c2a7e5b1d4c8a9e6f"       # in the json:// URL: must never be printed
@@ -43,8 +44,8 @@ def closed_ca():
     return f"https://127.0.0.1:{free_port()}/dir"
 
 
-def check(config, *args):
-    result = run_acmebot(config, "--check", *args)
+def check(config, *args, clock=None):
+    result = run_main(config, "--check", *args, clock=clock) if clock else run_acmebot(config, "--check", *args)
     assert "Traceback" not in result.stdout + result.stderr
     assert result.stdout.startswith("ACMEBOT "), result.stdout + result.stderr
     return result.returncode, result.stdout.splitlines()
@@ -66,25 +67,28 @@ def test_check_exit_codes_for_each_state(lab, short_pebble, tmp_path):
     config = config_for(tmp_path, lab, {name: {} for name in (ok, roll, fail, flaky, expired)},
                         {"acme_directory_url": short_pebble.directory_url},
                         http_challenges={fail: str(unserved)})          # pebble gets a 404
-    assert_ok(run_acmebot(config, expired))
+    # in process, with a clock: "chkroll" is issued 800 days before the others (expiration_days is 730)
+    clock = FakeClock(real_sleep=True)
+    assert_ok(run_main(config, expired, clock=clock))
     set_url(config, lab.directory_url)
-    result = run_acmebot(config, ok, roll, fail, flaky)
+    assert_ok(run_main(config, roll, clock=clock))
+    set_due(clock, default_paths(tmp_path, expired, "ecdsa")["certificate"])
+    code, lines = check(config, expired, clock=clock)      # in the notice window, not yet expired
+    assert code == 2 and PERF.match(lines[0]).group(2) in ("1 expiring", "1 expired"), lines
+    assert PERF.match(lines[0]).group(2) == "1 expiring"
+    assert "expires in 0 days" in lines[1] or "expired" in lines[1]
+    clock.advance(days=800)                                 # "chkexp" has expired
+    result = run_main(config, ok, roll, fail, flaky, clock=clock)
     assert_clean(result)
     assert result.returncode == 4, result.stdout + result.stderr
     set_url(config, closed_ca())
-    result = run_acmebot(config, "--renew", flaky)                   # the CA cannot be reached
+    result = run_main(config, "--renew", flaky, clock=clock)         # the CA cannot be reached
     assert_clean(result)
     assert result.returncode == 3, result.stdout + result.stderr
     edit(config, lambda raw: raw["certificates"].update({new: {}}))
-    backdate_backup(tmp_path, roll, 800)                              # expiration_days is 730
-    cert = wait_until_due(default_paths(tmp_path, expired, "ecdsa")["certificate"])
-    code, lines = check(config, expired)          # CRITICAL either way; which one depends on the clock
-    assert code == 2 and PERF.match(lines[0]).group(2) in ("1 expiring", "1 expired"), lines
-    assert "expires in 0 days" in lines[1] or "expired" in lines[1]
-    time.sleep(max(0.0, cert.not_valid_after_utc.timestamp() + 0.2 - time.time()))
     before = snapshot_all(tmp_path)
 
-    code, lines = check(config, ok)
+    code, lines = check(config, ok, clock=clock)
     assert code == 0, lines
     match = PERF.match(lines[0])
     assert match and match.group(1) == "OK" and match.group(2) == "1 certificate valid", lines[0]
@@ -97,29 +101,29 @@ def test_check_exit_codes_for_each_state(lab, short_pebble, tmp_path):
                 new: (2, "1 missing", "no certificate yet: not issued"),
                 expired: (2, "1 expired", "expired ")}
     for name, (want, summary, detail) in expected.items():
-        code, lines = check(config, name)
+        code, lines = check(config, name, clock=clock)
         assert code == want, lines
         assert PERF.match(lines[0]).group(2) == summary, lines[0]
         assert lines[1].startswith(f"{('OK', 'WARNING', 'CRITICAL')[want]}: {name} (ecdsa): ") and detail in lines[1]
-    assert "cannot reach the CA" in check(config, flaky)[1][1]
+    assert "cannot reach the CA" in check(config, flaky, clock=clock)[1][1]
 
     # all at once: the worst wins, the summary counts, one detail line each, worst first
-    code, lines = check(config)
+    code, lines = check(config, clock=clock)
     assert code == 2
     match = PERF.match(lines[0])
     assert match.group(1) == "CRITICAL" and match.group(2) == "1 expired, 2 missing, 1 failed, 1 rollover due"
     assert match.groups()[2:7] == ("6", "1", "2", "3", "0")
     assert [line.split(":")[0] for line in lines[1:]] == ["CRITICAL"] * 3 + ["WARNING"] * 2 + ["OK"]
     assert snapshot_all(tmp_path) == before                           # --check changes nothing
-    plain = run_acmebot(config, "--status")
+    plain = run_main(config, "--status", clock=clock)
     assert plain.returncode == 0 and plain.stderr == ""               # plain --status keeps exit 0
 
     # acmebot cannot tell: UNKNOWN (exit 3), never CRITICAL
     status = tmp_path / "resource" / "status.json"
     status.write_text("{not json")
-    code, lines = check(config, ok)
+    code, lines = check(config, ok, clock=clock)
     assert code == 3 and lines[0].startswith(f"ACMEBOT UNKNOWN - cannot read {status}: "), lines
-    code, lines = check(config)
+    code, lines = check(config, clock=clock)
     assert code == 2 and "unknown=1" in lines[0]                      # a known CRITICAL still wins
     status.unlink()
     edit(config, lambda raw: raw["settings"].update(renewal_dayz=3))
@@ -432,26 +436,29 @@ def test_expiry_notified_once_per_day_left(lab, short_pebble, tmp_path):
     record = tmp_path / "notify.jsonl"
     config = config_for(tmp_path, lab, {name: {}}, {"acme_directory_url": short_pebble.directory_url},
                         hooks={"notify": notify_hook(record)})
-    assert_ok(run_acmebot(config))
+    clock = FakeClock(real_sleep=True)
+    assert_ok(run_main(config, clock=clock))
     path = default_paths(tmp_path, name, "ecdsa")["certificate"]
     set_url(config, closed_ca())
-    cert = wait_until_due(path)
-    result = run_acmebot(config)
+    cert = set_due(clock, path)
+    result = run_main(config, clock=clock)
     assert result.returncode == 3 and "AND COULD NOT BE RENEWED" in result.stderr
-    time.sleep(max(0.0, cert.not_valid_after_utc.timestamp() + 0.2 - time.time()))
+    clock.set(cert.not_valid_after_utc + datetime.timedelta(seconds=0.2))
     for _ in range(2):
-        result = run_acmebot(config)
+        result = run_main(config, clock=clock)
         assert result.returncode == 3 and f"CERTIFICATE {name} (ecdsa) EXPIRED" in result.stderr
     calls = hook_calls(record)
     assert {call["event"] for call in calls} == {"expiry"}
-    assert 1 <= len(calls) <= 2          # 2: the first failing run came before expiry (1 if not)
+    assert len(calls) == 2               # the first failing run came before expiry, then expired
     assert calls[-1]["days_left"].startswith("-") and "cannot reach the CA" in calls[-1]["problem"]
     assert json.loads((tmp_path / "resource" / "notifications.json").read_text()) == \
         {"certificates": {f"{name}/ecdsa": {"expiry": "expired", "failed": True}}}
     set_url(config, short_pebble.directory_url)
-    assert_ok(run_acmebot(config))
+    # pebble issues in real time: the renewed certificate is judged at the real time
+    clock.set(datetime.datetime.now(datetime.timezone.utc))
+    assert_ok(run_main(config, clock=clock))
     assert [call["event"] for call in hook_calls(record)][len(calls):] == ["recovered"]
-    assert_ok(run_acmebot(config))                    # renewed or not yet due: fine, nothing to tell
+    assert_ok(run_main(config, clock=clock))          # renewed or not yet due: fine, nothing to tell
     assert len(hook_calls(record)) == len(calls) + 1
 
 
