@@ -1,14 +1,15 @@
 """acmebot --status (and --status --json): every certificate's state from what is
 on disk, with no network request and no file changed."""
 
+import datetime
 import json
-import time
 from pathlib import Path
 
 from cryptography import x509
 
 from conftest import make_config, run_acmebot
 from lab import free_port
+from lab.inprocess import FakeClock, run_main
 from test_issue import assert_clean, assert_ok, default_paths
 
 SHORT = 9   # seconds of validity from the short pebble: due in the last third
@@ -34,23 +35,18 @@ def set_url(config, url):
     edit(config, lambda raw: raw["settings"].update(acme_directory_url=url))
 
 
-def backdate_backup(tmp_path, key_name, days):
-    path = tmp_path / "resource" / "keys" / f"{key_name}.json"
-    state = json.loads(path.read_text())
-    for entry in state.values():
-        if isinstance(entry, dict) and "backup_created" in entry:
-            entry["backup_created"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - days * 86400))
-    path.write_text(json.dumps(state))
-
-
 def not_after(tmp_path, name):
     path = default_paths(tmp_path, name, "ecdsa")["certificate"]
-    return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc.timestamp()
+    return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc
 
 
 def test_status_shows_every_state_without_network_or_changes(lab, tmp_path):
+    """In process, with a clock: "stroll" is issued 800 days ago, the others now;
+    --status runs when "stexp" (a 9-second certificate) has expired and
+    "stdue" (a 12-second one, issued after it) is in the last third of its life."""
     short = lab.pebbles.get("caf-short") or lab.start_pebble(
         "caf-short", {"certificateValidityPeriod": SHORT}, {"PEBBLE_AUTHZREUSE": "0"})
+    longer = lab.pebbles.get("short") or lab.start_pebble("short", {"certificateValidityPeriod": 12})
     hosts = ["stvalid", "stroll", "stfail", "stexp", "stdue", "stnew"]
     lab.add_hosts("example.test", *hosts)
     valid, roll, fail, expired, due, new = (f"{h}.example.test" for h in hosts)
@@ -61,29 +57,32 @@ def test_status_shows_every_state_without_network_or_changes(lab, tmp_path):
         "http_challenges": {fail: str(unserved)},          # pebble gets a 404: http-01 fails
         "certificates": {name: {} for name in (valid, roll, fail, expired, due)}})
 
-    assert_ok(run_acmebot(config, expired))
-    started = time.time()
+    clock = FakeClock(real_sleep=True)
+    clock.advance(days=-800)                             # the backup of `roll` too old: expiration_days is 730
     set_url(config, lab.directory_url)
-    failed = run_acmebot(config, valid, roll, fail)
+    assert_ok(run_main(config, roll, clock=clock))
+    clock.set(datetime.datetime.now(datetime.timezone.utc))
+    set_url(config, short.directory_url)
+    assert_ok(run_main(config, expired, clock=clock))
+    set_url(config, lab.directory_url)
+    failed = run_main(config, valid, roll, fail, clock=clock)
     assert_clean(failed)
     assert failed.returncode == 4, failed.stdout + failed.stderr
-    time.sleep(max(0.0, started + 3.5 - time.time()))
-    set_url(config, short.directory_url)
-    assert_ok(run_acmebot(config, due))
+    set_url(config, longer.directory_url)
+    assert_ok(run_main(config, due, clock=clock))
 
-    # a new certificate, never issued; the CA unreachable; the backup of `roll` too old
+    # a new certificate, never issued; the CA unreachable
     edit(config, lambda raw: raw["certificates"].update({new: {}}))
     set_url(config, f"https://127.0.0.1:{free_port()}/dir")
-    backdate_backup(tmp_path, roll, 800)                 # expiration_days is 730
-    time.sleep(max(0.0, not_after(tmp_path, due) - SHORT / 3 + 0.3 - time.time()))
-    assert time.time() > not_after(tmp_path, expired)
+    clock.set(not_after(tmp_path, due) - datetime.timedelta(seconds=0.5))
+    assert clock() > not_after(tmp_path, expired)
 
     before = snapshot_all(tmp_path)
-    result = run_acmebot(config, "--status", "--json")
+    result = run_main(config, "--status", "--json", clock=clock)
     assert_clean(result)
     assert result.returncode == 0 and result.stderr == ""
     rows = {row["certificate"]: row for row in json.loads(result.stdout)["certificates"]}
-    assert time.time() < not_after(tmp_path, due), "too slow: the due certificate expired meanwhile"
+    assert clock() < not_after(tmp_path, due)
     assert snapshot_all(tmp_path) == before
 
     assert set(rows) == {valid, roll, fail, expired, due, new}
@@ -119,7 +118,7 @@ def test_status_shows_every_state_without_network_or_changes(lab, tmp_path):
     assert row["state"] == "expired" and row["renewal_due"] is True and row["days_left"] <= 0
 
     # the table: one line per certificate, then the names
-    table = run_acmebot(config, "--status")
+    table = run_main(config, "--status", clock=clock)
     assert_clean(table)
     assert table.returncode == 0 and table.stderr == ""
     assert snapshot_all(tmp_path) == before
@@ -137,6 +136,6 @@ def test_status_shows_every_state_without_network_or_changes(lab, tmp_path):
         assert f"  {name} (ecdsa): {name}" in lines
 
     # positional names select
-    one = run_acmebot(config, "--status", "--json", valid)
+    one = run_main(config, "--status", "--json", valid, clock=clock)
     assert [row["certificate"] for row in json.loads(one.stdout)["certificates"]] == [valid]
     assert snapshot_all(tmp_path) == before
