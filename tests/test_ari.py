@@ -10,6 +10,7 @@ from cryptography import x509
 
 from lab.a2c import a2c, ari_cert_id, require_a2c_python, start_a2c  # noqa: F401 (fixture)
 from conftest import make_config, run_acmebot
+from lab.inprocess import FakeClock, run_main
 from test_issue import assert_clean, assert_ok, default_paths
 
 
@@ -26,29 +27,26 @@ def ari_state(tmp_path):
     return json.loads((tmp_path / "resource" / "renewal_info.json").read_text())
 
 
-def make_check_due(tmp_path):
-    path = tmp_path / "resource" / "renewal_info.json"
-    state = json.loads(path.read_text())
-    for entry in state["certificates"].values():
-        entry["next_check"] = "2000-01-01T00:00:00+00:00"
-    path.write_text(json.dumps(state))
-
-
 def when(text):
     return datetime.datetime.fromisoformat(text)
 
 
 def test_ari_window_is_asked_when_due_and_retry_after_is_kept(lab, a2c, tmp_path):
     config, name = a2c_config(tmp_path, lab, a2c, "ari1")
-    assert_ok(run_acmebot(config))
+    clock = FakeClock(real_sleep=True)          # in process: a day passes by the clock
+    assert_ok(run_main(config, clock=clock))
     pem = Path(default_paths(tmp_path, name, "ecdsa")["certificate"]).read_bytes()
     cert_id = ari_cert_id(pem)
     # a new certificate: the first check waits a day, no request now
     entry = ari_state(tmp_path)["certificates"][cert_id]
     assert set(entry) == {"next_check"}
-    make_check_due(tmp_path)
-    before = datetime.datetime.now(datetime.timezone.utc)
-    result = run_acmebot(config, "--verbose")
+    clock.advance(hours=23)
+    quiet = run_main(config, "--detail", clock=clock)
+    assert_ok(quiet)
+    assert "renewalinfo" not in quiet.stdout.lower() and ari_state(tmp_path)["certificates"][cert_id] == entry
+    clock.advance(hours=1, minutes=1)
+    before = clock()
+    result = run_main(config, "--verbose", clock=clock)
     assert_ok(result)
     assert "nothing to do" in result.stdout and "ARI for" in result.stdout
     entry = ari_state(tmp_path)["certificates"][cert_id]
@@ -59,7 +57,8 @@ def test_ari_window_is_asked_when_due_and_retry_after_is_kept(lab, a2c, tmp_path
     waited = (when(entry["next_check"]) - before).total_seconds()
     assert retry_after == 3600 and 3590 <= waited <= 3700
     # not due again: no renewalInfo request at all
-    quiet = run_acmebot(config, "--detail")
+    clock.advance(minutes=59)
+    quiet = run_main(config, "--detail", clock=clock)
     assert_ok(quiet)
     assert "renewal-info" not in quiet.stdout.lower() and "renewalinfo" not in quiet.stdout.lower()
     assert ari_state(tmp_path)["certificates"][cert_id] == entry
@@ -69,12 +68,13 @@ def test_ari_window_now_renews_with_replaces(lab, tmp_path):
     require_a2c_python()
     server = start_a2c(tmp_path / "a2c", name="a2c-force", extra_config={"Renewalinfo": {"renewal_force": True}})
     config, name = a2c_config(tmp_path, lab, server, "ari2")
-    assert_ok(run_acmebot(config))
+    clock = FakeClock(real_sleep=True)
+    assert_ok(run_main(config, clock=clock))
     path = default_paths(tmp_path, name, "ecdsa")["certificate"]
     old = Path(path).read_bytes()
-    make_check_due(tmp_path)
+    clock.advance(days=1, minutes=1)             # the first check is due a day after issuance
     since = len(server.requests)
-    result = run_acmebot(config)
+    result = run_main(config, clock=clock)
     assert_ok(result)
     assert "renewal window (ARI)" in result.stdout or "renewal window has passed" in result.stdout
     new = Path(path).read_bytes()
