@@ -30,6 +30,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from conftest import make_config, run_acmebot
+from lab.inprocess import FakeClock, run_main
 from lab.ocsp_ct import ct_log, fresh_modes, ocsp_pebble, sct_signed_data, verify_sct  # noqa: F401 (fixtures)
 from test_issue import KEY_TYPES, assert_clean, assert_ok, default_paths
 
@@ -531,22 +532,23 @@ def test_ocsp_refreshed_past_half_its_validity(lab, tmp_path, ocsp_pebble):
     config = ocsp_config(tmp_path, lab, ocsp_pebble, name, host, key_types=["rsa"])
     issue_only(config)
     ocsp_pebble.validity = datetime.timedelta(seconds=24)
-    assert_ok(run_acmebot(config, "--ocsp"))
+    clock = FakeClock(real_sleep=True)          # in process: the runs at chosen times
+    assert_ok(run_main(config, "--ocsp", clock=clock))
     path = ocsp_file(tmp_path, name, "rsa")
     first = check_ocsp_file(path, chain_of(tmp_path, name, "rsa"))
     assert first.next_update_utc - first.this_update_utc == datetime.timedelta(seconds=24)
     first_bytes = path.read_bytes()
-    # before half of the validity: kept (this_update is truncated to the second)
-    if datetime.datetime.now(datetime.timezone.utc) < first.this_update_utc + datetime.timedelta(seconds=10):
-        again = run_acmebot(config, "--ocsp")
-        assert_ok(again)
-        assert again.stdout == "" and ocsp_pebble.requests == 1
-    # past half (but still valid): refreshed
-    wait = (first.this_update_utc + datetime.timedelta(seconds=13)
-            - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
-    if wait > 0:
-        time.sleep(wait)
-    result = run_acmebot(config, "--ocsp")
+    # before half of the validity: kept
+    clock.set(first.this_update_utc + datetime.timedelta(seconds=10))
+    again = run_main(config, "--ocsp", clock=clock)
+    assert_ok(again)
+    assert again.stdout == "" and ocsp_pebble.requests == 1
+    # past half (but still valid): refreshed, by a responder whose this_update (to the
+    # second, in real time) is later than the first one's
+    clock.set(first.this_update_utc + datetime.timedelta(seconds=13))
+    while datetime.datetime.now(datetime.timezone.utc) < first.this_update_utc + datetime.timedelta(seconds=1):
+        time.sleep(0.05)
+    result = run_main(config, "--ocsp", clock=clock)
     assert_ok(result)
     assert result.stdout.strip() == f"Installed OCSP response for {name} (rsa)"
     assert ocsp_pebble.requests == 2
