@@ -360,12 +360,8 @@ def _dump(config):
 
 def run_in_process(config_path, *args):
     out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = ab.main(["--config", str(config_path), "--accept-terms", "--no-color", *args])
-    finally:
-        for handler in list(ab.log.handlers) + list(ab.logging.getLogger("acme").handlers):
-            handler.close()          # main() opens the log file once per process; here it runs many times
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = ab.main(["--config", str(config_path), "--accept-terms", "--no-color", *args])   # closes its log file
     return code, out.getvalue(), err.getvalue()
 
 
