@@ -184,6 +184,30 @@ def test_rollover_refused_while_backup_is_young_then_forced(lab, tmp_path):
     assert any(p.read_bytes() == old_primary for p in (tmp_path / "archive" / name).rglob("*.key"))
 
 
+def test_rollover_allowed_without_force_once_the_backup_is_hpkp_days_old(lab, tmp_path):
+    # in process: the clock, not --force, makes the backup key old enough
+    clock = FakeClock(real_sleep=True)
+    lab.add_hosts("example.test", "rollage")
+    name = "rollage.example.test"
+    config = make_config(tmp_path, lab, {"settings": {"key_size": 0, "hpkp_days": 60},
+                                         "certificates": {name: {}}})
+    assert_ok(run_main(config, clock=clock))
+    paths = default_paths(tmp_path, name, "ecdsa")
+    old_backup = Path(paths["backup"]).read_bytes()
+    clock.advance(days=59)
+    refused = run_main(config, "--rollover", clock=clock)
+    assert_clean(refused)
+    assert refused.returncode == 2 and "only 59 days old" in refused.stderr
+    safe = (clock() + datetime.timedelta(days=1)).strftime("%Y-%m-%d")
+    assert f"safe from {safe}" in refused.stderr
+    clock.advance(days=1)
+    rolled = run_main(config, "--rollover", clock=clock)
+    assert_ok(rolled)
+    assert "Rolled over private key" in rolled.stdout
+    assert Path(paths["key"]).read_bytes() == old_backup
+    check_issued(lab, paths, "ecdsa", [name])
+
+
 def test_backup_key_expiry_warns_or_rolls_over_automatically(lab, tmp_path):
     # in process: the clock moves 31 days on instead of the key state being backdated
     clock = FakeClock(real_sleep=True)

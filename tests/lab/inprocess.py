@@ -69,14 +69,15 @@ class FakeClock:
         with self._lock:
             return self.slept
 
-    def services(self):
-        return acmebot().Services(clock=self, sleep=self.sleep, monotonic=self.monotonic)
+    def services(self, **more):
+        """acmebot's Services with this clock (and ``more`` seams: a session factory, say)."""
+        return acmebot().Services(clock=self, sleep=self.sleep, monotonic=self.monotonic, **more)
 
 
-def run_main(config_path, *args, clock=None, env=None):
-    """acmebot --config CONFIG --accept-terms ARGS in process, with ``clock``'s
-    services (the real ones without); returns (returncode, stdout, stderr) as a
-    CompletedProcess-like namespace.  ``env`` is set for the run and put back."""
+def run_main(config_path, *args, clock=None, services=None, env=None):
+    """acmebot --config CONFIG --accept-terms ARGS in process, with ``services``
+    or ``clock``'s (the real ones without); returns (returncode, stdout, stderr)
+    as a CompletedProcess-like namespace.  ``env`` is set for the run and put back."""
     ab = acmebot()
     out, err = io.StringIO(), io.StringIO()
     saved = {name: os.environ.get(name) for name in ("ACMEBOT_PASSPHRASE", *(env or {}))}
@@ -85,7 +86,7 @@ def run_main(config_path, *args, clock=None, env=None):
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = ab.main(["--config", str(config_path), "--accept-terms", *map(str, args)],
-                           clock.services() if clock else None)
+                           services or (clock.services() if clock else None))
     finally:
         for name, value in saved.items():
             if value is None:
