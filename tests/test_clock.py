@@ -144,7 +144,7 @@ def test_expiry_notice_once_per_day_left_by_the_clock(tmp_path):
 
 def test_main_in_process_leaves_no_handlers_behind(tmp_path):
     """main() run again and again in one process: its log handlers (the log file's
-    too) are closed when it returns and the signal handlers are put back."""
+    too) are closed when it returns, and the loggers and signal handlers are as before."""
     ab = acmebot()
     config = setup(tmp_path)
     log_file = tmp_path / "log" / "acmebot.log"
@@ -158,7 +158,7 @@ def test_main_in_process_leaves_no_handlers_behind(tmp_path):
     for _ in range(3):
         result = run_main(config, "--verbose", clock=clock)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert ab.log.handlers == [] and open_log_files() == []
+        assert ab.log.handlers == [] and open_log_files() == [] and ab.log.propagate
         assert {signum: signal.getsignal(signum) for signum in handlers} == handlers
     # the first run made the backup key, the others had nothing to do; each logged once to the file
     text = log_file.read_text()
