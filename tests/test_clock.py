@@ -149,6 +149,7 @@ def test_main_in_process_leaves_no_handlers_behind(tmp_path):
     config = setup(tmp_path)
     log_file = tmp_path / "log" / "acmebot.log"
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    loggers = [(logger, logger.level, logger.propagate) for logger in (ab.log, ab.logging.getLogger("acme"))]
     clock = FakeClock(ISSUED + datetime.timedelta(days=1))
 
     def open_log_files():
@@ -158,7 +159,8 @@ def test_main_in_process_leaves_no_handlers_behind(tmp_path):
     for _ in range(3):
         result = run_main(config, "--verbose", clock=clock)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert ab.log.handlers == [] and open_log_files() == [] and ab.log.propagate
+        assert ab.log.handlers == [] and open_log_files() == []
+        assert [(logger, logger.level, logger.propagate) for logger, _, _ in loggers] == loggers
         assert {signum: signal.getsignal(signum) for signum in handlers} == handlers
     # the first run made the backup key, the others had nothing to do; each logged once to the file
     text = log_file.read_text()
