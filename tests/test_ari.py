@@ -11,6 +11,8 @@ from cryptography import x509
 from lab.a2c import a2c, ari_cert_id, require_a2c_python, start_a2c  # noqa: F401 (fixture)
 from conftest import make_config, run_acmebot
 from lab.inprocess import FakeClock, run_main
+from lab import edit_key_state, forget_issuers, load_acmebot_config
+from test_units import ab
 from test_issue import assert_clean, assert_ok, default_paths
 
 
@@ -23,8 +25,9 @@ def a2c_config(tmp_path, lab, server, host):
     return config, name
 
 
-def ari_state(tmp_path):
-    return json.loads((tmp_path / "resource" / "renewal_info.json").read_text())
+def ari_windows(config):
+    """acmebot's ARI state: AriWindow (next_check, start, end, chosen) by ARI certificate id."""
+    return ab.AriState.load(load_acmebot_config(config)).certificates
 
 
 def when(text):
@@ -38,30 +41,30 @@ def test_ari_window_is_asked_when_due_and_retry_after_is_kept(lab, a2c, tmp_path
     pem = Path(default_paths(tmp_path, name, "ecdsa")["certificate"]).read_bytes()
     cert_id = ari_cert_id(pem)
     # a new certificate: the first check waits a day, no request now
-    entry = ari_state(tmp_path)["certificates"][cert_id]
-    assert set(entry) == {"next_check"}
+    entry = ari_windows(config)[cert_id]
+    assert entry.next_check and not (entry.start or entry.end or entry.chosen)
     clock.advance(hours=23)
     quiet = run_main(config, "--detail", clock=clock)
     assert_ok(quiet)
-    assert "renewalinfo" not in quiet.stdout.lower() and ari_state(tmp_path)["certificates"][cert_id] == entry
+    assert "renewalinfo" not in quiet.stdout.lower() and ari_windows(config)[cert_id] == entry
     clock.advance(hours=1, minutes=1)
     before = clock()
     result = run_main(config, "--verbose", clock=clock)
     assert_ok(result)
     assert "nothing to do" in result.stdout and "ARI for" in result.stdout
-    entry = ari_state(tmp_path)["certificates"][cert_id]
+    entry = ari_windows(config)[cert_id]
     expected, retry_after = a2c.get_renewal_info(pem)
-    assert when(entry["start"]) == when(expected["suggestedWindow"]["start"].replace("Z", "+00:00"))
-    assert when(entry["start"]) <= when(entry["chosen"]) <= when(entry["end"])
+    assert entry.start == when(expected["suggestedWindow"]["start"].replace("Z", "+00:00"))
+    assert entry.start <= entry.chosen <= entry.end
     # Retry-After (3600 s) decides the next check
-    waited = (when(entry["next_check"]) - before).total_seconds()
+    waited = (entry.next_check - before).total_seconds()
     assert retry_after == 3600 and 3590 <= waited <= 3700
     # not due again: no renewalInfo request at all
     clock.advance(minutes=59)
     quiet = run_main(config, "--detail", clock=clock)
     assert_ok(quiet)
     assert "renewal-info" not in quiet.stdout.lower() and "renewalinfo" not in quiet.stdout.lower()
-    assert ari_state(tmp_path)["certificates"][cert_id] == entry
+    assert ari_windows(config)[cert_id] == entry
 
 
 def test_ari_window_now_renews_with_replaces(lab, tmp_path):
@@ -82,8 +85,9 @@ def test_ari_window_now_renews_with_replaces(lab, tmp_path):
     orders = server.new_order_payloads(since=since)
     assert [o.get("replaces") for o in orders] == [ari_cert_id(old)]
     # the old certificate's state is gone, the new one waits a day
-    state = ari_state(tmp_path)["certificates"]
-    assert ari_cert_id(old) not in state and set(state[ari_cert_id(new)]) == {"next_check"}
+    state = ari_windows(config)
+    new_entry = state[ari_cert_id(new)]
+    assert ari_cert_id(old) not in state and new_entry.next_check and new_entry.start is None
 
 
 def test_ari_failure_falls_back_to_the_days_rule_with_a_warning(lab, a2c, tmp_path):
@@ -97,10 +101,7 @@ def test_ari_failure_falls_back_to_the_days_rule_with_a_warning(lab, a2c, tmp_pa
     assert_ok(run_acmebot(config))
     serial = x509.load_pem_x509_certificate(
         Path(default_paths(tmp_path, name, "ecdsa")["certificate"]).read_bytes()).serial_number
-    key_state = tmp_path / "resource" / "keys" / f"{name}.json"
-    state = json.loads(key_state.read_text())
-    del state["directory"]
-    key_state.write_text(json.dumps(state))
+    edit_key_state(config, name, forget_issuers)
     raw = json.loads(config.read_text())
     raw["settings"].update({"acme_directory_url": a2c.directory_url, "acme_ca_bundle": None})
     config.write_text(json.dumps(raw))

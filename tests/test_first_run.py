@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 
 from conftest import make_config, run_acmebot
-from lab import base_config, deep_merge
+from lab import base_config, deep_merge, edit_key_state, forget_issuers, load_acmebot_config
 from test_issue import assert_clean, assert_ok, assert_second_run_changes_nothing, check_issued, default_paths
 from test_units import ab, config, parse
 
@@ -47,8 +47,10 @@ def edit(path, change):
     Path(path).write_text(json.dumps(raw, indent=2))
 
 
-def key_state(tmp_path, key_name):
-    return json.loads((tmp_path / "resource" / "keys" / f"{key_name}.json").read_text())
+def issuers(config_path, key_name):
+    """By "name/key_type", the CA (directory URL) each certificate of key_name was issued by."""
+    state = ab.KeyState.load(load_acmebot_config(config_path), key_name)
+    return {name: record.directory for name, record in state.issued.items() if record.directory}
 
 
 def leaf(tmp_path, name, key_type="ecdsa"):
@@ -201,8 +203,7 @@ def test_a_change_of_ca_reissues_from_the_new_ca(lab, second_pebble, tmp_path):
     config_path = make_config(tmp_path, lab, {"settings": {"key_size": 0},
                                               "certificates": {n: {} for n in names}})
     assert_ok(run_acmebot(config_path))
-    state = key_state(tmp_path, names[0])
-    assert state["directory"] == {f"{names[0]}/ecdsa": lab.directory_url}
+    assert issuers(config_path, names[0]) == {f"{names[0]}/ecdsa": lab.directory_url}
     first = {n: leaf(tmp_path, n) for n in names}
 
     edit(config_path, lambda raw: raw["settings"].update(acme_directory_url=second_pebble.directory_url))
@@ -212,7 +213,7 @@ def test_a_change_of_ca_reissues_from_the_new_ca(lab, second_pebble, tmp_path):
     for name in names:
         check_issued(lab, default_paths(tmp_path, name, "ecdsa"), "ecdsa", [name], pebble=second_pebble)
         assert leaf(tmp_path, name).serial_number != first[name].serial_number
-        assert key_state(tmp_path, name)["directory"] == {f"{name}/ecdsa": second_pebble.directory_url}
+        assert issuers(config_path, name) == {f"{name}/ecdsa": second_pebble.directory_url}
     assert issuer_root(second_pebble).subject != issuer_root(lab.pebble).subject
     registration = json.loads((tmp_path / "resource" / "registration.json").read_text())
     assert registration["directory"] == second_pebble.directory_url
@@ -226,13 +227,11 @@ def test_a_state_without_the_ca_record_counts_as_the_same_ca(lab, tmp_path):
     name = "caold.example.test"
     config_path = make_config(tmp_path, lab, {"settings": {"key_size": 0}, "certificates": {name: {}}})
     assert_ok(run_acmebot(config_path))
-    path = tmp_path / "resource" / "keys" / f"{name}.json"
-    state = json.loads(path.read_text())
-    del state["directory"]
-    path.write_text(json.dumps(state, indent=2, sort_keys=True))
+    edit_key_state(config_path, name, forget_issuers)
+    assert issuers(config_path, name) == {}
     assert_second_run_changes_nothing(config_path, tmp_path)
     assert_ok(run_acmebot(config_path, "--renew"))
-    assert key_state(tmp_path, name)["directory"] == {f"{name}/ecdsa": lab.directory_url}
+    assert issuers(config_path, name) == {f"{name}/ecdsa": lab.directory_url}
 
 
 # -- challenge routes checked before the CA is contacted -------------------------------------------------

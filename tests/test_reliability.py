@@ -23,7 +23,7 @@ from cryptography.x509 import ocsp
 
 from lab.ca_proxy import CAProxy, problem
 from conftest import make_config, run_acmebot
-from lab import ACMEBOT, free_port
+from lab import ACMEBOT, acmebot_module, free_port, load_acmebot_config
 from test_ca_features import account_client, edit, ecdsa_config, registration
 from test_issue import assert_clean, assert_no_challenge_records, assert_ok, check_issued, default_paths, snapshot
 
@@ -182,18 +182,18 @@ def test_half_finished_revocation_is_finished_by_the_next_run(lab, tmp_path):
         assert result.returncode == 3
         assert "revocation service down" in result.stderr and "next run tries again" in result.stderr
         after = snapshot(tmp_path)
-        state = tmp_path / "resource" / "keys" / "hrv.json"
+        def revoking():
+            return acmebot_module().KeyState.load(load_acmebot_config(config), "hrv").revoking
         changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
         assert all(k.startswith(("resource/", "archive/")) for k in changed), changed   # no certificate moved
-        assert json.loads(state.read_text())["revoking"]["certificates"].keys() == {
-            "hrv1.example.test/ecdsa", "hrv2.example.test/ecdsa"}
+        assert revoking().certificates.keys() == {"hrv1.example.test/ecdsa", "hrv2.example.test/ecdsa"}
 
         result = run_acmebot(config, "--certs")
         assert_ok(result)
         assert "finishing the revocation of private key hrv" in result.stdout
         assert "Revoked certificate hrv1.example.test (ecdsa)" in result.stdout
         assert "Revoked certificate hrv2.example.test (ecdsa)" in result.stdout
-        assert "revoking" not in json.loads(state.read_text())
+        assert revoking() is None
         assert len(seen) == 4              # the first one again (already revoked counts as done), then the second
         for name in ("hrv1.example.test", "hrv2.example.test"):
             old = x509.load_pem_x509_certificate(before[f"certs/{name}.ecdsa.pem"][2])

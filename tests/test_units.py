@@ -3,29 +3,16 @@
 import base64
 import datetime
 import grp
-import importlib.machinery
-import importlib.util
 import os
 import pwd
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ACMEBOT = Path(__file__).resolve().parent.parent / "acmebot"
+from lab import ACMEBOT, acmebot_module  # noqa: F401 (ACMEBOT re-exported)
 
 
-def _load():
-    loader = importlib.machinery.SourceFileLoader("acmebot", str(ACMEBOT))
-    spec = importlib.util.spec_from_loader("acmebot", loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["acmebot"] = module      # dataclasses look the module up
-    loader.exec_module(module)
-    return module
-
-
-ab = _load()
+ab = acmebot_module()
 USER = pwd.getpwuid(os.getuid()).pw_name
 GROUP = grp.getgrgid(os.getgid()).gr_name
 
@@ -583,7 +570,7 @@ def test_targets_parse_each_certificate_once_and_say_why_there_is_none(tmp_path)
     a, b, c = ab.build_targets(cfg, cfg.keys)
     assert [t.name for t in (a, b, c)] == ["a.test/ecdsa", "b.test/ecdsa", "c.test/ecdsa"]
     assert a.key_files == ab.key_paths(cfg, a.key, "ecdsa") and a.paths == ab.cert_paths(cfg, a.cert, "ecdsa")
-    assert a.state == ab.load_key_state(cfg, "a.test") and c.state == {}
+    assert a.state == ab.KeyState.load(cfg, "a.test") and c.state == ab.KeyState("c.test")
     assert a.info.names == frozenset({"a.test"}) and a.problem is None
     assert b.info is None and "contains no certificate" in b.problem
     assert c.info is None and c.problem == "no certificate yet"

@@ -13,6 +13,10 @@ temporary directory; every process is stopped by its PID when the session ends.
     lab.add_hosts(zone, *hosts)          `host A 127.0.0.1` records, via TSIG update
     lab.query(fqdn, rdtype) / lab.txt(fqdn)
     lab.start_pebble(name, extra_config, extra_env)   a second CA (EAB, short validity...)
+
+acmebot_module() is the script imported in process (once); the state it keeps in
+directories.resource is read and changed through its own types, never as JSON by hand:
+edit_key_state(config_path, key_name, change) (e.g. forget_issuers).
 """
 
 import base64
@@ -21,6 +25,8 @@ import copy
 import ctypes
 import datetime
 import grp
+import importlib.machinery
+import importlib.util
 import ipaddress
 import json
 import os
@@ -184,6 +190,39 @@ def named_options(directory, port, recursive=False):
             f"{mode}"
             f"}};\n"
             f"controls {{ }};\n")  # no rndc channel on port 953
+
+
+def acmebot_module():
+    """The acmebot script (a file without .py) imported as the module ``acmebot``,
+    once per process: every test module and lab.inprocess use this one."""
+    module = sys.modules.get("acmebot")
+    if module is None or getattr(module, "__file__", None) != str(ACMEBOT):
+        loader = importlib.machinery.SourceFileLoader("acmebot", str(ACMEBOT))
+        module = importlib.util.module_from_spec(importlib.util.spec_from_loader("acmebot", loader))
+        sys.modules["acmebot"] = module      # dataclasses look the module up
+        loader.exec_module(module)
+    return module
+
+
+def load_acmebot_config(config_path):
+    """The Config acmebot parses from config_path (for the paths of its state files)."""
+    return acmebot_module().load_config(str(config_path))
+
+
+def edit_key_state(config_path, key_name, change):
+    """change(state) on the KeyState of private key key_name, then saved as acmebot saves it."""
+    ab = acmebot_module()
+    config = load_acmebot_config(config_path)
+    state = ab.KeyState.load(config, key_name)
+    change(state)
+    state.save(config)
+    return state
+
+
+def forget_issuers(state):
+    """A KeyState change: as written before the CA was recorded (by an older acmebot)."""
+    for record in state.issued.values():
+        record.directory = None
 
 
 def deep_merge(base, overrides):

@@ -9,28 +9,17 @@ instead of sleeping or editing state files.  `run_main` runs acmebot like
 
 import contextlib
 import datetime
-import importlib.machinery
-import importlib.util
 import io
 import os
-import sys
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
-ACMEBOT = Path(__file__).resolve().parent.parent.parent / "acmebot"
-
+from lab import acmebot_module
 
 def acmebot():
-    """The acmebot module (the one test_units loaded, if it did: one module per process)."""
-    module = sys.modules.get("acmebot")
-    if module is None or getattr(module, "__file__", None) != str(ACMEBOT):
-        loader = importlib.machinery.SourceFileLoader("acmebot", str(ACMEBOT))
-        module = importlib.util.module_from_spec(importlib.util.spec_from_loader("acmebot", loader))
-        sys.modules["acmebot"] = module      # dataclasses look the module up
-        loader.exec_module(module)
-    return module
+    """The acmebot module (lab.acmebot_module: one module per process)."""
+    return acmebot_module()
 
 
 class FakeClock:
