@@ -69,19 +69,32 @@ def test_pyproject_matches_requirements_and_version():
     assert found == [ab.VERSION]
     names = {re.match(r"[A-Za-z0-9_.-]+", line).group(0).lower() for line in requirement_lines()}
     assert {name.lower() for name in ab.DEPENDENCIES.values()} == names
-    assert project["tool"]["hatch"]["build"]["targets"]["wheel"]["shared-scripts"] == {"acmebot": "acmebot"}
+    # the one file, unchanged, as the module acmebot.py (compiled once by the installer), run by a command
+    assert project["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"] == {"acmebot": "acmebot.py"}
+    assert project["project"]["scripts"] == {"acmebot": "acmebot:main"}
 
 
 def test_pipx_install_puts_acmebot_with_its_dependencies_on_path():
     program = installed_acmebot()
     result = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stdout, result.stderr) == (0, f"acmebot {ab.VERSION}\n", "")
-    # the command is the single file itself, run by the python of pipx's venv
+    # the command runs the single file, installed unchanged as the module acmebot.py, by the
+    # python of pipx's venv, from the bytecode the installer compiled (never compiled again per run)
     script = Path(os.path.realpath(program))
-    shebang, _, body = script.read_text().partition("\n")
+    shebang = script.read_text().partition("\n")[0]
     python = shebang.removeprefix("#!")
     assert Path(python).parent == script.parent and os.access(python, os.X_OK)
-    assert "def require_dependencies(" in body and 'if __name__ == "__main__":' in body
+    found = subprocess.run([python, "-c", "import acmebot; print(acmebot.__file__); print(acmebot.__cached__)"],
+                           capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0, found.stderr
+    module, cached = map(Path, found.stdout.splitlines())
+    assert module.name == "acmebot.py" and module.read_bytes() == (ROOT / "acmebot").read_bytes()
+    compiled = cached.stat().st_mtime_ns
+    verbose = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=60,
+                             env=dict(os.environ, PYTHONVERBOSE="1"))
+    assert verbose.returncode == 0, verbose.stderr
+    assert f"# code object from '{cached}'" in verbose.stderr       # loaded, not compiled
+    assert cached.stat().st_mtime_ns == compiled
     metadata = subprocess.run(
         [python, "-c", "import importlib.metadata as m; print(m.version('acmebot')); "
                        "print('\\n'.join(m.requires('acmebot')))"],
@@ -104,7 +117,7 @@ def test_pipx_install_puts_acmebot_with_its_dependencies_on_path():
 
 def test_pipx_installed_acmebot_issues_a_certificate(lab, tmp_path):
     """A whole lab run (pebble, BIND, dns-01) by the installed command, then a
-    second run that changes nothing."""
+    second run that changes nothing, and a third that takes the quiet path."""
     program = installed_acmebot()
     lab.add_hosts("example.test", "pipx")
     name = "pipx.example.test"
@@ -117,6 +130,10 @@ def test_pipx_installed_acmebot_issues_a_certificate(lab, tmp_path):
     again = run_acmebot(config, program=program)
     assert_ok(again)
     assert again.stdout == ""
+    # the run after a quiet one decides from the quiet record (tests/test_quiet.py)
+    quiet = run_acmebot(config, "--verbose", program=program)
+    assert_ok(quiet)
+    assert "quiet: nothing changed since the last full run" in quiet.stdout
 
 
 def test_copied_file_with_a_python_lacking_the_dependencies(tmp_path):

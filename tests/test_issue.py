@@ -165,11 +165,14 @@ def check_issued(lab, paths, key_type, names, *, passphrase=None, root=False, pa
 
 
 def snapshot(tmp_path):
-    """{relative path: (mtime_ns, mode, bytes)} of every file but the log and
-    the run lock (directories.pid/acmebot.pid, which every run locks)."""
+    """{relative path: (mtime_ns, mode, bytes)} of every file but the log, the
+    run lock (directories.pid/acmebot.pid, which every run locks) and the quiet
+    record (resource/quiet.json: what a run with nothing to do leaves the next
+    one so that it can decide without parsing anything; tests/test_quiet.py)."""
     out = {}
     for path in Path(tmp_path).rglob("*"):
-        if path.is_file() and path.relative_to(tmp_path).parts[0] not in ("log", "run"):
+        relative = path.relative_to(tmp_path)
+        if path.is_file() and relative.parts[0] not in ("log", "run") and relative != Path("resource/quiet.json"):
             st = path.stat()
             out[str(path.relative_to(tmp_path))] = (st.st_mtime_ns, st.st_mode, path.read_bytes())
     return out

@@ -119,11 +119,12 @@ class BenchLab(Lab):
 # -- running one process, measured ------------------------------------------------------------
 
 class Measured:
-    def __init__(self, wall, maxrss_kib, returncode, output):
+    def __init__(self, wall, maxrss_kib, returncode, output, cpu=None):
         self.wall = wall
         self.maxrss_kib = maxrss_kib
         self.returncode = returncode
         self.output = output
+        self.cpu = cpu          # user + system seconds of the tool and its reaped children
 
 
 def run_measured(argv, env, cwd, output_path, line_times=None, timeout=RUN_TIMEOUT):
@@ -136,7 +137,7 @@ def run_measured(argv, env, cwd, output_path, line_times=None, timeout=RUN_TIMEO
     # forking process's high-water mark across exec).  time's own %M is the child's
     # ru_maxrss (KiB), which includes the child's reaped descendants (their maximum).
     rss_path = Path(output_path).with_suffix(".rss")
-    argv = [GNU_TIME, "-q", "-f", "%M", "-o", str(rss_path), *map(str, argv)]
+    argv = [GNU_TIME, "-q", "-f", "%U %S %M", "-o", str(rss_path), *map(str, argv)]
     start = time.perf_counter()
     if line_times is None:
         with open(output_path, "wb") as out:
@@ -169,10 +170,11 @@ def run_measured(argv, env, cwd, output_path, line_times=None, timeout=RUN_TIMEO
         reader.join(30)
     output = Path(output_path).read_text(errors="replace")
     try:
-        maxrss = int(rss_path.read_text().split()[-1])
+        user, system, maxrss = rss_path.read_text().split()[-3:]
+        maxrss, cpu = int(maxrss), float(user) + float(system)
     except (OSError, ValueError, IndexError):
-        maxrss = 0
-    return Measured(wall, maxrss, process.returncode, output)
+        maxrss, cpu = 0, None
+    return Measured(wall, maxrss, process.returncode, output, cpu)
 
 
 class ToolFailed(RuntimeError):
@@ -651,6 +653,136 @@ def snapshot_acmebot(rev, directory):
                                  f"sha256 {hashlib.sha256(data).hexdigest()[:12]}")
 
 
+# -- the no-op, side by side ------------------------------------------------------------------
+#
+# --noop-compare: the no-op run of several acmebot versions and forms (and the original) on N
+# certificates, paired.  Each acmebot contender works on its own copy of one state issued by
+# the work tree's acmebot (the quiet record names the program that wrote it: a state shared by
+# two programs would send every run the full way); the original issues its own.  After one
+# untimed run each (acmebot's first no-op after an issuance is a full run that leaves the quiet
+# record), every repeat runs each contender once, the first one rotating (A B C, B C A, ...).
+
+class Contender:
+    def __init__(self, label, command=None, original=False):
+        self.label = label
+        self.command = command          # argv before --config (None: the original's own argv)
+        self.original = original
+
+
+def acmebot_source(rev, directory):
+    """What `pip install DIR` needs, from git REV or ('.') from the work tree."""
+    repo = ACMEBOT.parent
+    directory.mkdir(parents=True)
+    for name in ("acmebot", "pyproject.toml", "README.rst", "LICENSE", "requirements.txt"):
+        if rev == ".":
+            shutil.copy2(repo / name, directory / name)
+            continue
+        done = subprocess.run(["git", "-C", str(repo), "show", f"{rev}:{name}"], capture_output=True)
+        if done.returncode != 0:
+            raise SystemExit(f"bench: git show {rev}:{name}: {done.stderr.decode().strip()}")
+        (directory / name).write_bytes(done.stdout)
+    (directory / "acmebot").chmod(0o755)
+    return directory
+
+
+def make_contenders(specs, root, cache):
+    """REV (the script, run by this python), REV:installed (`pip install` of REV into a
+    virtualenv of this python under the cache, as pipx does), or original."""
+    import hashlib
+    contenders = []
+    for number, spec in enumerate(specs):
+        if spec == "original":
+            contenders.append(Contender("original 2.17.3", original=True))
+            continue
+        rev, _, form = spec.partition(":")
+        if form not in ("", "installed"):
+            raise SystemExit(f"bench: --noop-compare {spec}: REV, REV:installed or original")
+        source = acmebot_source(rev, Path(root) / "sources" / f"{number}")
+        digest = hashlib.sha256((source / "acmebot").read_bytes() + (source / "pyproject.toml").read_bytes())
+        digest = digest.hexdigest()[:12]
+        label = f"{'work tree' if rev == '.' else rev} {'installed' if form else 'script'} ({digest})"
+        if not form:
+            contenders.append(Contender(label, [sys.executable, str(source / "acmebot")]))
+            continue
+        venv = Path(cache) / f"installed-{digest}"
+        if not (venv / "bin" / "acmebot").exists():
+            log(f"installing {spec} into {venv}")
+            shutil.rmtree(venv, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
+                            str(source)], check=True, env=dict(os.environ, PIP_ROOT_USER_ACTION="ignore"))
+        contenders.append(Contender(label, [str(venv / "bin" / "acmebot")]))
+    return contenders
+
+
+def noop_compare(bench, contenders, n, repeats):
+    """{label: [Measured, ...]} of the paired no-op runs at N certificates."""
+    lab, cache = bench.lab, bench.args.cache
+    # a pebble of its own, without authorization reuse (see big_noop)
+    pebble = lab.start_pebble(f"noop-{n}", extra_env={"PEBBLE_AUTHZREUSE": "0"})
+    issuer = Acmebot(lab, cache, "A", pebble=pebble, timeout=300 + 6 * n)
+    base = bench.workdir("noop-issued", "A", n, 0)
+    config = issuer.prepare(base, n)
+    if n > 100:     # pebble 2.4.0 deadlocked here too with 8 concurrent newOrders (see the README)
+        raw = json.loads(config.read_text())
+        raw["settings"]["max_workers"] = 2
+        config.write_text(json.dumps(raw, indent=1) + "\n")
+    issuer.issue(base, n)
+    issuer.check(base, n)
+    runs = {}
+    for number, contender in enumerate(contenders):
+        work = bench.workdir(f"noop-{number}", "A", n, 0)
+        if contender.original:
+            tool = Original(lab, cache, "A", pebble=pebble, timeout=300 + 6 * n)
+            tool.prepare(work, n)
+            tool.issue(work, n)
+            tool.check(work, n)
+            argv = tool.argv(work)
+        else:
+            shutil.copytree(base, work, symlinks=True, dirs_exist_ok=True)
+            config = work / "acmebot.json"
+            config.write_text(config.read_text().replace(str(base), str(work)))
+            argv = [*contender.command, "--config", str(config), "--accept-terms"]
+        runs[contender.label] = (argv, work, [])
+
+    def once(label, tag):
+        argv, work, _ = runs[label]
+        result = run_measured(argv, _clean_env(), work, Path(work) / f"noop-{tag}.out")
+        if result.returncode != 0:
+            raise ToolFailed(f"{label}: no-op exited with status {result.returncode}: {result.output[-2000:]}")
+        return result
+
+    labels = [c.label for c in contenders]
+    for label in labels:
+        once(label, "warmup")
+    for repeat in range(repeats):
+        shift = repeat % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            runs[label][2].append(once(label, repeat))
+        log(f"no-op N={n} repeat {repeat + 1}/{repeats}: " + ", ".join(
+            f"{label.split(' (')[0]} {runs[label][2][-1].wall:.3f} s" for label in labels))
+    return {label: measured for label, (_, _, measured) in runs.items()}
+
+
+def print_noop_compare(n, results):
+    print()
+    print(f"No-op runs, N={n} certificates (variant A), paired and alternating; wall and CPU (user+sys) seconds")
+    header = f"{'contender':44} {'runs':>4} {'wall med':>8} {'min':>7} {'max':>7} {'CPU med':>8} {'peak RSS':>9}"
+    print(header)
+    print("-" * len(header))
+    for label, measured in results.items():
+        walls = [m.wall for m in measured]
+        cpus = [m.cpu for m in measured if m.cpu is not None]
+        print(f"{label:44} {len(walls):>4} {median(walls):>8.3f} {min(walls):>7.3f} {max(walls):>7.3f} "
+              f"{(median(cpus) if cpus else float('nan')):>8.3f} {fmt_mib(max(m.maxrss_kib for m in measured)):>9}")
+    original = next((m for label, m in results.items() if label.startswith("original")), None)
+    if original:
+        reference = median([m.wall for m in original])
+        for label, measured in results.items():
+            if not label.startswith("original"):
+                print(f"  original / {label.split(' (')[0]}: {reference / median([m.wall for m in measured]):.1f}x")
+
+
 def parse_list(text, cast=str):
     return [cast(part) for part in text.split(",") if part.strip()]
 
@@ -672,6 +804,14 @@ def main(argv=None):
     parser.add_argument("--certbot-max-repeats-at", type=int, default=50)
     parser.add_argument("--big-noop", type=int, default=1000,
                         help="also time acmebot's no-op run with this many certificates (0: skip)")
+    parser.add_argument("--noop-compare", type=parse_list, metavar="SPEC,...",
+                        help="only compare no-op runs, paired: each SPEC is REV (that acmebot file, run by this "
+                             "python), REV:installed (pip-installed into a virtualenv, as pipx does; '.' is the "
+                             "work tree) or original, e.g. main,HEAD,HEAD:installed,original")
+    parser.add_argument("--noop-n", type=lambda t: parse_list(t, int), default=[50],
+                        help="with --noop-compare: numbers of certificates (default 50)")
+    parser.add_argument("--noop-repeats", type=int, default=15,
+                        help="with --noop-compare: timed runs per contender and N (default 15)")
     parser.add_argument("--no-breakdown", action="store_true",
                         help="skip the timestamped --detail run that shows where acmebot's time goes")
     parser.add_argument("--cache", default=DEFAULT_CACHE, help=f"virtualenvs of the competitors ({DEFAULT_CACHE})")
@@ -701,8 +841,9 @@ def main(argv=None):
         print_table(rows)
         print_slopes(rows, variants)
         return 0
+    needed = ["original"] if "original" in (args.noop_compare or ()) else [] if args.noop_compare else args.tools
     for tool, path in (("original", "original/bin/acmebot"), ("certbot", "certbot/bin/certbot")):
-        if tool in args.tools and not (Path(args.cache) / path).exists():
+        if tool in needed and not (Path(args.cache) / path).exists():
             parser.error(f"{tool}: {Path(args.cache) / path} not found (run tests/bench/run, which installs it)")
 
     if os.geteuid() != 0:
@@ -712,13 +853,15 @@ def main(argv=None):
     if missing:
         print(f"bench: required program(s) not found: {', '.join(missing)}", file=sys.stderr)
         return 3
+    root = Path(tempfile.mkdtemp(prefix="acmebot-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")))
+    root.chmod(0o755)
+    contenders = make_contenders(args.noop_compare, root, args.cache) if args.noop_compare else None  # pip: before
     error = isolate_network()
     if error:
         print(f"bench: cannot isolate the benchmark on loopback: {error}", file=sys.stderr)
         return 3
-
-    root = Path(tempfile.mkdtemp(prefix="acmebot-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")))
-    root.chmod(0o755)
+    if contenders:
+        return main_noop_compare(args, root, contenders)
     snapshot_acmebot(args.acmebot_rev, root)
     log(f"measuring {UNDER_TEST['description']}")
     log(f"state under {root}")
@@ -755,6 +898,38 @@ def main(argv=None):
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
     return 1 if any("error" in r for r in bench.results) else 0
+
+
+def main_noop_compare(args, root, contenders):
+    """--noop-compare: the lab, then the paired no-op runs for each --noop-n."""
+    started = time.monotonic()
+    results = {}
+    try:
+        with BenchLab(root / "lab", max(args.noop_n)) as lab:
+            bench = Bench(args, lab, root)
+            for n in args.noop_n:
+                # the original issues 1,000 certificates in ~20 minutes: it is compared up to 100
+                results[n] = noop_compare(bench, [c for c in contenders if not (c.original and n > 100)],
+                                          n, args.noop_repeats)
+    except LabError as error:
+        print(f"bench: the lab could not be started: {error}", file=sys.stderr)
+        return 3
+    except ToolFailed as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 1
+    for n, measured in results.items():
+        print_noop_compare(n, measured)
+    print()
+    print(f"total benchmark time {(time.monotonic() - started) / 60:.1f} min; python {sys.version.split()[0]} "
+          f"({sys.executable}); load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          f"on {os.cpu_count()} cores")
+    if args.out:
+        Path(args.out).write_text(json.dumps({str(n): {label: [{"wall": m.wall, "cpu": m.cpu, "maxrss_kib": m.maxrss_kib}
+                                                            for m in measured] for label, measured in runs.items()}
+                                              for n, runs in results.items()}, indent=1) + "\n")
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
 
 
 def report(args, rows, bench, extra, elapsed):

@@ -125,12 +125,14 @@ def read(path):
 
 
 def file_state(root):
-    """{relative path: (mode, bytes)} of every file but the log and the run lock."""
+    """{relative path: (mode, bytes)} of every file but the log, the run lock and
+    the quiet record (resource/quiet.json, which a run with nothing to do leaves)."""
     root = Path(root)
     out = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
-        if path.is_file() and not path.is_symlink() and rel.parts[0] not in ("log", "run"):
+        if path.is_file() and not path.is_symlink() and rel.parts[0] not in ("log", "run") \
+                and rel != Path("resource/quiet.json"):
             out[str(rel)] = (path.stat().st_mode, path.read_bytes())
     return out
 
