@@ -74,6 +74,7 @@ def test_pyproject_matches_requirements_and_version():
     assert project["project"]["scripts"] == {"acmebot": "acmebot:main"}
 
 
+@pytest.mark.lab     # it checks what tests/install-deps installed: stale after every edit until reinstalled
 def test_pipx_install_puts_acmebot_with_its_dependencies_on_path():
     program = installed_acmebot()
     result = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=60)
@@ -88,7 +89,9 @@ def test_pipx_install_puts_acmebot_with_its_dependencies_on_path():
                            capture_output=True, text=True, timeout=60)
     assert found.returncode == 0, found.stderr
     module, cached = map(Path, found.stdout.splitlines())
-    assert module.name == "acmebot.py" and module.read_bytes() == (ROOT / "acmebot").read_bytes()
+    assert module.name == "acmebot.py"
+    assert module.read_bytes() == (ROOT / "acmebot").read_bytes(), \
+        f"the installed {module} is not this tree's acmebot: reinstall it; {INSTALL_HINT}"
     compiled = cached.stat().st_mtime_ns
     verbose = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=60,
                              env=dict(os.environ, PYTHONVERBOSE="1"))
