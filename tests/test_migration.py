@@ -18,10 +18,8 @@ Also here, without the CA: YAML configs, conf.d/ merging, and the 2.x options th
 refused.
 """
 
-import base64
 import json
 import os
-import shutil
 import stat
 import subprocess
 from pathlib import Path

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import make_config, run_acmebot
 from lab import ACMEBOT, acmebot_command, free_port
 from lab.inprocess import FakeClock, run_main
-from test_ca_features import HOOK, LIFETIME, cert_of, set_due, short_pebble  # noqa: F401 (fixture)
+from test_ca_features import HOOK, cert_of, set_due, short_pebble  # noqa: F401 (fixture)
 from test_issue import assert_clean, assert_ok, default_paths
 from test_status import edit, set_url, snapshot_all
 from test_units import ab  # acmebot imported in process

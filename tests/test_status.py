@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from conftest import make_config, run_acmebot
+from conftest import make_config
 from lab import free_port
 from lab.inprocess import FakeClock, run_main
 from test_issue import assert_clean, assert_ok, default_paths
